@@ -1,0 +1,60 @@
+/**
+ * One error type for every refusal or failure the agent can see. The `code` is the stable
+ * first word of the tool result text (CONTRACT section 3); `message` is the public text;
+ * `cause` is private and goes to the stderr log and the recording only.
+ */
+export const ERROR_CODES = [
+  'UNAUTHENTICATED',
+  'DENIED',
+  'APPROVAL_DECLINED',
+  'APPROVAL_TIMEOUT',
+  'APPROVAL_UNAVAILABLE',
+  'INVALID_INPUT',
+  'TARGET_ERROR',
+  'TIMEOUT',
+  'LIMIT_EXCEEDED',
+  'INTERNAL',
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+export class GovernanceError extends Error {
+  readonly code: ErrorCode;
+  readonly rule: string | undefined;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { cause?: unknown; rule?: string } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'GovernanceError';
+    this.code = code;
+    this.rule = options.rule;
+  }
+
+  /** The text the agent sees: the code first, then the public message. */
+  get publicText(): string {
+    return `${this.code}: ${this.message}`;
+  }
+}
+
+/**
+ * Anything foreign becomes INTERNAL with a generic text: a raw driver error can carry a
+ * connection string, a password or a file path, and none of that may reach the agent.
+ */
+export function toGovernanceError(err: unknown): GovernanceError {
+  if (err instanceof GovernanceError) return err;
+  return new GovernanceError('INTERNAL', 'internal error; see the gateway log', { cause: err });
+}
+
+/** A configuration or usage problem (exit code 2 in the CLI). */
+export class ConfigError extends Error {
+  constructor(
+    message: string,
+    readonly issues: string[] = [message],
+  ) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
