@@ -1,0 +1,185 @@
+import picomatch from 'picomatch';
+import type { Approval, Limits, Match, Rule } from './schema.js';
+
+/**
+ * The decision engine (CONTRACT section 5). Pure: facts in, decision out, no I/O.
+ *
+ * Default deny. For each part of a call (a statement, a piped command) the matching rules are
+ * combined deny > approve > allow; the call gets its strictest part's decision, so an allowed
+ * `ls` cannot carry a denied `rm` through a pipe.
+ */
+
+export type Effect = 'allow' | 'deny' | 'approve';
+
+export interface Principal {
+  sub: string;
+  groups: readonly string[];
+  claims: Readonly<Record<string, unknown>>;
+}
+
+/** One thing a call does, as the tool's classifier proved it. */
+export interface CallPart {
+  operation: string;
+  tags: readonly string[];
+  /** One line on what this part does, e.g. "statement is ddl (DropStmt)". */
+  reason: string;
+  resource?: string;
+  namespace?: string;
+  argv?: readonly string[];
+}
+
+export interface CallFacts {
+  principal: Principal;
+  tool: string;
+  target: string | null;
+  parts: readonly CallPart[];
+}
+
+export interface ResolvedLimits {
+  maxRows: number;
+  timeoutMs: number;
+  maxOutputBytes: number;
+}
+
+export const DEFAULT_LIMITS: ResolvedLimits = Object.freeze({
+  maxRows: 1000,
+  timeoutMs: 30_000,
+  maxOutputBytes: 1024 * 1024,
+});
+
+export interface Decision {
+  effect: Effect;
+  /** The deciding rule's id, or `default-deny`. */
+  rule: string;
+  reason: string;
+  /** Masking profiles to apply (union over the rules that let the call through). */
+  mask: string[];
+  limits: ResolvedLimits;
+  approval?: Approval & { rule: string };
+  /** The operations of all parts, for audit and display. */
+  operation: string;
+}
+
+const STRICTNESS: Record<Effect, number> = { allow: 0, approve: 1, deny: 2 };
+
+export class PolicyEngine {
+  private readonly compiled: Array<{ rule: Rule; test: (facts: CallFacts, part: CallPart) => boolean }>;
+
+  constructor(readonly rules: readonly Rule[]) {
+    this.compiled = rules.map((rule) => ({ rule, test: compileMatch(rule.match) }));
+  }
+
+  decide(facts: CallFacts): Decision {
+    const operation = [...new Set(facts.parts.map((p) => p.operation))].join(',') || 'none';
+    if (facts.parts.length === 0) {
+      return {
+        effect: 'deny',
+        rule: 'default-deny',
+        reason: 'the call does nothing the policy can judge',
+        mask: [],
+        limits: DEFAULT_LIMITS,
+        operation,
+      };
+    }
+    let worst: { effect: Effect; rule: string; reason: string; approval?: Approval & { rule: string } } | undefined;
+    const contributing: Rule[] = [];
+    for (const part of facts.parts) {
+      const matching = this.compiled.filter((c) => c.test(facts, part)).map((c) => c.rule);
+      const pick =
+        matching.find((r) => r.effect === 'deny') ??
+        matching.find((r) => r.effect === 'approve') ??
+        matching.find((r) => r.effect === 'allow');
+      const partDecision = pick
+        ? {
+            effect: pick.effect,
+            rule: pick.id,
+            reason: part.reason,
+            ...(pick.approval ? { approval: { ...pick.approval, rule: pick.id } } : {}),
+          }
+        : {
+            effect: 'deny' as const,
+            rule: 'default-deny',
+            reason: `no rule allows ${facts.tool} ${part.operation}${facts.target ? ` on ${facts.target}` : ''} (${part.reason})`,
+          };
+      contributing.push(...matching.filter((r) => r.effect !== 'deny'));
+      if (!worst || STRICTNESS[partDecision.effect] > STRICTNESS[worst.effect]) worst = partDecision;
+    }
+    // worst is set: parts is non-empty.
+    const final = worst!;
+    return {
+      ...final,
+      mask: final.effect === 'deny' ? [] : [...new Set(contributing.flatMap((r) => r.mask ?? []))],
+      limits: mergeLimits(contributing.map((r) => r.limits)),
+      operation,
+    };
+  }
+
+  /** Operations this principal may use on a target with a tool (for list_targets). */
+  allowedOperations(principal: Principal, tool: string, target: string, candidates: readonly string[]): string[] {
+    return candidates.filter((operation) => {
+      const d = this.decide({ principal, tool, target, parts: [{ operation, tags: [], reason: operation }] });
+      return d.effect !== 'deny';
+    });
+  }
+}
+
+function mergeLimits(list: ReadonlyArray<Limits | undefined>): ResolvedLimits {
+  // The tightest limit of any rule that let the call through wins.
+  const pick = (values: Array<number | undefined>, fallback: number) => {
+    const set = values.filter((v): v is number => v !== undefined);
+    return set.length ? Math.min(...set) : fallback;
+  };
+  return {
+    maxRows: pick(list.map((l) => l?.maxRows), DEFAULT_LIMITS.maxRows),
+    timeoutMs: pick(list.map((l) => l?.timeout), DEFAULT_LIMITS.timeoutMs),
+    maxOutputBytes: pick(list.map((l) => l?.maxOutputBytes), DEFAULT_LIMITS.maxOutputBytes),
+  };
+}
+
+function globs(patterns: readonly string[] | undefined): ((s: string) => boolean) | undefined {
+  if (!patterns) return undefined;
+  // nocase off and dot on: `*` must match names with dots (web-1.prod) but `prod*` must not match `PROD`.
+  const m = picomatch(patterns as string[], { dot: true, nonegate: false });
+  return (s: string) => m(s);
+}
+
+function getPath(obj: Readonly<Record<string, unknown>>, dotted: string): unknown {
+  let cur: unknown = obj;
+  for (const key of dotted.split('.')) {
+    if (cur === null || typeof cur !== 'object' || !Object.hasOwn(cur, key)) return undefined;
+    cur = (cur as Record<string, unknown>)[key];
+  }
+  return cur;
+}
+
+function claimMatches(actual: unknown, expected: string | number | boolean | string[]): boolean {
+  const wanted = Array.isArray(expected) ? expected : [expected];
+  const have = Array.isArray(actual) ? actual : [actual];
+  return wanted.some((w) => have.some((h) => h === w));
+}
+
+function compileMatch(match: Match): (facts: CallFacts, part: CallPart) => boolean {
+  const subjects = globs(match.subjects);
+  const targets = globs(match.targets);
+  const tools = globs(match.tools);
+  const resources = globs(match.resources);
+  const namespaces = globs(match.namespaces);
+  const commands = globs(match.commands);
+  return (facts, part) => {
+    const p = facts.principal;
+    if (subjects && !subjects(p.sub)) return false;
+    if (match.groups && !match.groups.some((g) => p.groups.includes(g))) return false;
+    if (match.claims && !Object.entries(match.claims).every(([k, v]) => claimMatches(getPath(p.claims, k), v))) {
+      return false;
+    }
+    if (tools && !tools(facts.tool)) return false;
+    // A rule that names targets never matches a call without one.
+    if (targets && (facts.target === null || !targets(facts.target))) return false;
+    if (match.operations && !match.operations.includes(part.operation)) return false;
+    if (match.tags && !match.tags.some((t) => part.tags.includes(t))) return false;
+    if (resources && (part.resource === undefined || !resources(part.resource))) return false;
+    if (namespaces && (part.namespace === undefined || !namespaces(part.namespace))) return false;
+    if (commands && (part.argv === undefined || !commands(part.argv.join(' ')))) return false;
+    return true;
+  };
+}

@@ -1,0 +1,96 @@
+import { z } from 'zod';
+import { Duration } from '../server/config.js';
+import { parseSize } from '../server/units.js';
+
+/** The policy file format (CONTRACT section 5). Strict: an unknown key is an error, not a no-op. */
+
+const Size = z.union([z.number().int().positive(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return v;
+  const n = parseSize(v);
+  if (n === undefined) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a size (e.g. 64KiB, 1MiB)` });
+    return z.NEVER;
+  }
+  return n;
+});
+
+const Strings = z.array(z.string().min(1)).min(1);
+
+export const Match = z.strictObject({
+  subjects: Strings.optional(),
+  groups: Strings.optional(),
+  claims: z.record(z.string(), z.union([z.string(), z.number(), z.boolean(), z.array(z.string())])).optional(),
+  tools: Strings.optional(),
+  targets: Strings.optional(),
+  operations: Strings.optional(),
+  /** Extension: any-of on classifier tags such as `unbounded`. */
+  tags: Strings.optional(),
+  resources: Strings.optional(),
+  namespaces: Strings.optional(),
+  commands: Strings.optional(),
+});
+export type Match = z.infer<typeof Match>;
+
+export const Limits = z.strictObject({
+  maxRows: z.number().int().positive().max(1_000_000).optional(),
+  timeout: Duration.optional(),
+  maxOutputBytes: Size.optional(),
+});
+export type Limits = z.infer<typeof Limits>;
+
+export const Approval = z.strictObject({
+  approvers: z.union([
+    z.literal('client'),
+    z.strictObject({ groups: Strings.optional(), subjects: Strings.optional() }),
+  ]),
+  timeout: Duration.default(300_000),
+  grant: Duration.optional(),
+});
+export type Approval = z.infer<typeof Approval>;
+
+export const Rule = z
+  .strictObject({
+    id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'rule ids are letters, digits, . _ -'),
+    description: z.string().optional(),
+    match: Match.default({}),
+    effect: z.enum(['allow', 'deny', 'approve']),
+    mask: z.array(z.string().min(1)).optional(),
+    limits: Limits.optional(),
+    approval: Approval.optional(),
+  })
+  .superRefine((rule, ctx) => {
+    if (rule.effect === 'approve' && !rule.approval) {
+      ctx.addIssue({ code: 'custom', path: ['approval'], message: 'effect approve needs an approval block' });
+    }
+    if (rule.effect !== 'approve' && rule.approval) {
+      ctx.addIssue({ code: 'custom', path: ['approval'], message: 'approval is only meaningful with effect approve' });
+    }
+  });
+export type Rule = z.infer<typeof Rule>;
+
+export const DETECTORS = ['email', 'credit_card', 'ssn', 'iban', 'phone', 'jwt', 'aws_key', 'private_key'] as const;
+
+export const MaskProfileSchema = z.strictObject({
+  detectors: z.array(z.enum(DETECTORS)).default([]),
+  columns: z.array(z.string().min(1)).default([]),
+  style: z.enum(['redact', 'partial', 'pseudonym']).default('redact'),
+});
+
+export const PolicyTest = z.strictObject({
+  name: z.string().min(1),
+  identity: z.strictObject({
+    sub: z.string().min(1),
+    groups: z.array(z.string()).default([]),
+    claims: z.record(z.string(), z.unknown()).optional(),
+  }),
+  call: z.strictObject({ tool: z.string().min(1), input: z.record(z.string(), z.unknown()) }),
+  expect: z.strictObject({ effect: z.enum(['allow', 'deny', 'approve']), rule: z.string().optional() }),
+});
+export type PolicyTest = z.infer<typeof PolicyTest>;
+
+export const PolicyFile = z.strictObject({
+  rules: z.array(Rule).default([]),
+  masking: z.record(z.string().regex(/^[A-Za-z0-9_-]+$/), MaskProfileSchema).default({}),
+  tests: z.array(PolicyTest).default([]),
+});
+export type PolicyFile = z.infer<typeof PolicyFile>;

@@ -1,0 +1,207 @@
+import { readFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+import { ConfigError, GovernanceError } from './errors.js';
+import { parseDuration } from './units.js';
+import { loadYamlFile } from './yaml.js';
+
+/**
+ * gatehouse.yaml (CONTRACT section 2). Parsed once at start with zod, strict everywhere
+ * (a typo in a key is an error, not a silently ignored setting), then frozen.
+ */
+
+const literalSecretMessage =
+  'a secret must be a reference ({ env: NAME } or { file: PATH }), never a literal value';
+
+export const SecretRef = z.union([z.strictObject({ env: z.string().min(1) }), z.strictObject({ file: z.string().min(1) })], {
+  error: (issue) =>
+    typeof issue.input === 'string' || typeof issue.input === 'number'
+      ? literalSecretMessage
+      : 'expected { env: NAME } or { file: PATH }',
+});
+export type SecretRef = z.infer<typeof SecretRef>;
+
+export const Duration = z.string().transform((text, ctx) => {
+  const ms = parseDuration(text);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration (e.g. 500ms, 10s, 5m, 1h)` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const ALGORITHMS = [
+  'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA',
+  'HS256', 'HS384', 'HS512',
+] as const;
+
+const Identity = z
+  .strictObject({
+    issuer: z.string().min(1).optional(),
+    audience: z.string().min(1).default('gatehouse'),
+    jwks: z.string().min(1).optional(),
+    algorithms: z
+      .array(
+        z.enum(ALGORITHMS, {
+          error: (issue) =>
+            String(issue.input).toLowerCase() === 'none'
+              ? "algorithm 'none' is never accepted"
+              : `unsupported algorithm ${JSON.stringify(issue.input)}`,
+        }),
+      )
+      .min(1)
+      .default(['RS256', 'ES256', 'EdDSA']),
+    hmacSecret: SecretRef.optional(),
+    groupsClaim: z.string().min(1).default('groups'),
+    clockToleranceSec: z.number().int().min(0).max(300).default(30),
+    devIssuer: z
+      .strictObject({
+        keyFile: z.string().min(1),
+        issuer: z.string().min(1).default('urn:gatehouse:dev'),
+      })
+      .optional(),
+  })
+  .superRefine((id, ctx) => {
+    if (!id.issuer && !id.devIssuer) {
+      ctx.addIssue({ code: 'custom', path: ['issuer'], message: 'required unless only devIssuer is used' });
+    }
+    if (id.issuer && !id.jwks) {
+      ctx.addIssue({ code: 'custom', path: ['jwks'], message: 'required when issuer is set (URL or file of a JWKS)' });
+    }
+    const hs = id.algorithms.filter((a) => a.startsWith('HS'));
+    if (hs.length > 0 && !id.hmacSecret) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['algorithms'],
+        message: `${hs.join(', ')} listed without identity.hmacSecret`,
+      });
+    }
+  });
+
+const TargetName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'target names are letters, digits, . _ -');
+
+const PostgresTarget = z.strictObject({
+  kind: z.literal('postgres'),
+  description: z.string().optional(),
+  host: z.string().min(1),
+  port: z.number().int().min(1).max(65535).default(5432),
+  database: z.string().min(1),
+  user: z.string().min(1),
+  password: SecretRef.optional(),
+  ssl: z.enum(['disable', 'require', 'verify-full']).default('disable'),
+  sslCa: z.strictObject({ file: z.string().min(1) }).optional(),
+  poolSize: z.number().int().min(1).max(100).default(4),
+  connectTimeout: Duration.default(5_000),
+});
+
+const SshTarget = z.strictObject({
+  kind: z.literal('ssh'),
+  description: z.string().optional(),
+  host: z.string().min(1),
+  port: z.number().int().min(1).max(65535).default(22),
+  user: z.string().min(1),
+  privateKey: SecretRef,
+  hostKey: z.string().regex(/^(ssh-|ecdsa-)\S+ \S+/, 'hostKey is a public key line such as "ssh-ed25519 AAAA..."'),
+});
+
+const KubernetesTarget = z.strictObject({
+  kind: z.literal('kubernetes'),
+  description: z.string().optional(),
+  kubeconfig: SecretRef,
+  context: z.string().min(1).optional(),
+});
+
+const Target = z.discriminatedUnion('kind', [PostgresTarget, SshTarget, KubernetesTarget]);
+export type PostgresTargetConfig = z.infer<typeof PostgresTarget> & { name: string };
+export type SshTargetConfig = z.infer<typeof SshTarget> & { name: string };
+export type KubernetesTargetConfig = z.infer<typeof KubernetesTarget> & { name: string };
+export type TargetConfig = PostgresTargetConfig | SshTargetConfig | KubernetesTargetConfig;
+
+export const ConfigSchema = z.strictObject({
+  identity: Identity,
+  targets: z.record(TargetName, Target).default({}),
+  policies: z.array(z.string().min(1)).default(['./policies/*.yaml']),
+  audit: z.strictObject({ file: z.string().min(1).default('.gatehouse/audit.jsonl') }).default({ file: '.gatehouse/audit.jsonl' }),
+  recordings: z
+    .strictObject({ dir: z.string().min(1).default('.gatehouse/recordings') })
+    .default({ dir: '.gatehouse/recordings' }),
+  state: z.strictObject({ file: z.string().min(1).default('.gatehouse/state.json') }).default({ file: '.gatehouse/state.json' }),
+});
+
+type RawConfig = z.output<typeof ConfigSchema>;
+
+export interface GatehouseConfig {
+  readonly file: string;
+  readonly dir: string;
+  readonly identity: RawConfig['identity'];
+  readonly targets: Readonly<Record<string, TargetConfig>>;
+  /** Absolute glob patterns of policy files. */
+  readonly policies: readonly string[];
+  readonly audit: { readonly file: string };
+  readonly recordings: { readonly dir: string };
+  readonly state: { readonly file: string };
+}
+
+/** Relative paths in the config resolve against the config file's folder; `~` is the home dir. */
+export function resolvePath(baseDir: string, p: string): string {
+  if (p === '~' || p.startsWith('~/')) return path.join(homedir(), p.slice(1));
+  return path.resolve(baseDir, p);
+}
+
+export async function loadConfig(file: string): Promise<GatehouseConfig> {
+  const abs = path.resolve(file);
+  const dir = path.dirname(abs);
+  const { value } = await loadYamlFile(abs, ConfigSchema);
+  const targets: Record<string, TargetConfig> = {};
+  for (const [name, t] of Object.entries(value.targets)) targets[name] = Object.freeze({ ...t, name });
+  const identity = {
+    ...value.identity,
+    jwks: value.identity.jwks && !/^https?:\/\//.test(value.identity.jwks) ? resolvePath(dir, value.identity.jwks) : value.identity.jwks,
+    devIssuer: value.identity.devIssuer && {
+      ...value.identity.devIssuer,
+      keyFile: resolvePath(dir, value.identity.devIssuer.keyFile),
+    },
+  };
+  return deepFreeze({
+    file: abs,
+    dir,
+    identity,
+    targets,
+    policies: value.policies.map((p) => resolvePath(dir, p)),
+    audit: { file: resolvePath(dir, value.audit.file) },
+    recordings: { dir: resolvePath(dir, value.recordings.dir) },
+    state: { file: resolvePath(dir, value.state.file) },
+  });
+}
+
+/**
+ * Resolve a secret reference at the last moment. The value is returned to the caller that
+ * needs it and never logged; errors name the reference, not the value.
+ */
+export async function resolveSecret(ref: SecretRef, baseDir: string, what: string): Promise<string> {
+  if ('env' in ref) {
+    const v = process.env[ref.env];
+    if (v === undefined || v === '') {
+      throw new GovernanceError('TARGET_ERROR', `credentials for ${what} are not available`, {
+        cause: new Error(`environment variable ${ref.env} is not set`),
+      });
+    }
+    return v;
+  }
+  try {
+    return (await readFile(resolvePath(baseDir, ref.file), 'utf8')).replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new GovernanceError('TARGET_ERROR', `credentials for ${what} are not available`, { cause: err });
+  }
+}
+
+export function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
+export { ConfigError };

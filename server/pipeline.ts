@@ -1,0 +1,302 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { z } from 'zod';
+import { DEFAULT_LIMITS, type Decision, type Principal } from '../policies/engine.js';
+import type { AuditRecord } from '../recordings/audit.js';
+import { SessionRecorder } from '../recordings/session.js';
+import type { CallDescription, GovernedTool, ToolOutput } from '../tools/types.js';
+import { GovernanceError, toGovernanceError } from './errors.js';
+import type { Identity } from './identity.js';
+import { log } from './log.js';
+import { explainCall, listTargets, META_TOOLS } from './meta-tools.js';
+import { renderRows, renderText } from './render.js';
+import type { Runtime } from './runtime.js';
+import type { Session } from './session.js';
+
+/**
+ * The governed call, as a fixed chain of typed stages:
+ *
+ *   authenticate -> parse input -> decide -> (approve) -> execute -> mask -> render
+ *
+ * and, in `finally`, the audit outcome line and the session recording. A stage either returns
+ * the context widened with its own field or throws a GovernanceError. If an audit write fails
+ * the call fails (fail closed): nothing executes without its decision on record, and no
+ * result is returned without its outcome on record.
+ */
+
+interface Call {
+  callId: string;
+  tool: string;
+  args: unknown;
+  started: number;
+  identity?: Identity;
+  input?: unknown;
+  description?: CallDescription;
+  decision?: Decision;
+  output?: ToolOutput;
+  masked?: Record<string, number>;
+  secrets: string[];
+}
+
+export async function handleToolCall(rt: Runtime, session: Session, tool: string, args: unknown): Promise<CallToolResult> {
+  const call: Call = { callId: randomUUID(), tool, args, started: Date.now(), secrets: [] };
+  let result: CallToolResult;
+  let failure: GovernanceError | undefined;
+  try {
+    call.identity = await authenticate(rt, session);
+    result = await governed(rt, session, call);
+  } catch (err) {
+    failure = toGovernanceError(err);
+    if (failure.code === 'INTERNAL' || failure.cause) {
+      log.warn({ callId: call.callId, tool, code: failure.code, cause: describeCause(failure.cause) }, 'call failed');
+    }
+    result = errorResult(rt, call, failure);
+  }
+  try {
+    // A decision line may be missing when the call failed before policy (identity, input).
+    if (!call.decision) await rt.audit.append(auditRecord(session, call, 'decision', failure));
+    await rt.audit.append(auditRecord(session, call, 'outcome', failure, result));
+  } catch (err) {
+    log.error({ callId: call.callId, err: describeCause(err) }, 'audit write failed; refusing the result');
+    failure = new GovernanceError('INTERNAL', 'the audit log could not be written; the result is withheld', { cause: err });
+    result = errorResult(rt, call, failure);
+  }
+  await record(rt, session, call, result);
+  return result;
+}
+
+async function authenticate(rt: Runtime, session: Session): Promise<Identity> {
+  const token = session.token();
+  if (!token) throw new GovernanceError('UNAUTHENTICATED', 'no token presented');
+  const identity = await rt.verifier.verify(token);
+  if (session.identity && session.identity.sub !== identity.sub) {
+    // One MCP session is one identity: a token for someone else cannot take over a session.
+    throw new GovernanceError('UNAUTHENTICATED', 'token subject does not match this session');
+  }
+  session.identity ??= identity;
+  return identity;
+}
+
+async function governed(rt: Runtime, session: Session, call: Call): Promise<CallToolResult> {
+  const identity = call.identity!;
+  const principal: Principal = { sub: identity.sub, groups: identity.groups, claims: identity.claims };
+
+  if (call.tool === META_TOOLS.list_targets.name || call.tool === META_TOOLS.explain.name) {
+    const meta = META_TOOLS[call.tool as keyof typeof META_TOOLS];
+    call.input = parseInput(meta.inputSchema, call.args);
+    call.decision = builtinDecision(call.tool);
+    await rt.audit.append(auditRecord(session, call, 'decision'));
+    const structured =
+      call.tool === 'list_targets'
+        ? listTargets(rt, principal)
+        : await explainCall(rt.tools, rt.policies.engine, principal, call.input as { tool: string; input: Record<string, unknown> });
+    return { content: [{ type: 'text', text: JSON.stringify(structured, null, 2) }], structuredContent: structured };
+  }
+
+  const tool = rt.tools.get(call.tool);
+  if (!tool) throw new GovernanceError('INVALID_INPUT', `unknown tool ${JSON.stringify(call.tool)}`);
+  call.input = parseInput(tool.inputSchema, call.args);
+  call.description = await tool.describe(call.input);
+  call.decision = rt.policies.engine.decide({
+    principal,
+    tool: tool.name,
+    target: call.description.target,
+    parts: call.description.parts,
+  });
+  await rt.audit.append(auditRecord(session, call, 'decision'));
+
+  const decision = call.decision;
+  if (decision.effect === 'deny') {
+    throw new GovernanceError('DENIED', decision.reason, { rule: decision.rule });
+  }
+  if (decision.effect === 'approve') {
+    throw new GovernanceError(
+      'APPROVAL_UNAVAILABLE',
+      `rule ${decision.rule} requires approval, and this gateway cannot take approvals yet`,
+      { rule: decision.rule },
+    );
+  }
+
+  const output = await execute(rt, tool, call);
+  return maskAndRender(rt, call, output);
+}
+
+async function execute(rt: Runtime, tool: GovernedTool<unknown, unknown>, call: Call): Promise<ToolOutput> {
+  const description = call.description!;
+  const target = rt.config.targets[description.target];
+  if (!target || target.kind !== tool.targetKind) {
+    throw new GovernanceError('INVALID_INPUT', `no ${tool.targetKind} target named ${JSON.stringify(description.target)}`);
+  }
+  const { resolved, secrets } = await rt.resolveTarget(target);
+  call.secrets = secrets;
+  const controller = new AbortController();
+  call.output = await tool.execute(call.input, {
+    target: resolved,
+    limits: call.decision!.limits,
+    signal: controller.signal,
+    description,
+  });
+  return call.output;
+}
+
+function maskAndRender(rt: Runtime, call: Call, output: ToolOutput): CallToolResult {
+  const decision = call.decision!;
+  const masker = rt.maskerFor(decision.mask);
+  const target = call.description!.target;
+  if (output.kind === 'rows') {
+    const masked = masker.maskRows(output.columns, output.rows);
+    call.masked = masked.counts;
+    let rows = masked.value;
+    let truncated = output.truncated;
+    // The byte limit bounds what the agent's context receives, whatever the row count.
+    while (rows.length > 0 && Buffer.byteLength(JSON.stringify(rows)) > decision.limits.maxOutputBytes) {
+      rows = rows.slice(0, Math.floor(rows.length / 2));
+      truncated = true;
+    }
+    const structured = {
+      columns: output.columns.map((c) => ({ name: c.name, type: c.type })),
+      rows,
+      rowCount: output.rowCount === output.rows.length ? rows.length : output.rowCount,
+      truncated,
+      operation: output.operation,
+    };
+    return scrub(call, {
+      content: [{ type: 'text', text: renderRows(target, structured, fenceNonce()) }],
+      structuredContent: structured,
+    });
+  }
+  const structured = { ...output.structured };
+  const counts: Record<string, number> = {};
+  for (const field of output.maskedFields) {
+    const v = structured[field];
+    if (typeof v !== 'string') continue;
+    const m = masker.maskText(v);
+    structured[field] = m.value;
+    for (const [k, n] of Object.entries(m.counts)) counts[k] = (counts[k] ?? 0) + n;
+  }
+  call.masked = counts;
+  return scrub(call, {
+    content: [{ type: 'text', text: renderText(target, structured, output.maskedFields, fenceNonce()) }],
+    structuredContent: structured,
+  });
+}
+
+function parseInput<S extends z.ZodType>(schema: S, args: unknown): z.output<S> {
+  const r = schema.safeParse(args ?? {});
+  if (!r.success) {
+    const detail = r.error.issues
+      .slice(0, 5)
+      .map((i) => `${i.path.length ? i.path.join('.') + ': ' : ''}${i.message}`)
+      .join('; ');
+    throw new GovernanceError('INVALID_INPUT', detail);
+  }
+  return r.data;
+}
+
+function builtinDecision(tool: string): Decision {
+  return {
+    effect: 'allow',
+    rule: 'builtin',
+    reason: `${tool} only reveals what this identity may do`,
+    mask: [],
+    limits: DEFAULT_LIMITS,
+    operation: 'read',
+  };
+}
+
+function errorResult(rt: Runtime, call: Call, err: GovernanceError): CallToolResult {
+  let reason = err.message;
+  // A target's own error text can quote row values: it passes through masking like a result.
+  if (err.code === 'TARGET_ERROR' && call.decision) reason = rt.maskerFor(call.decision.mask).maskText(reason).value;
+  const text = err.code === 'DENIED' ? `DENIED by rule ${err.rule ?? 'default-deny'}: ${reason}` : `${err.code}: ${reason}`;
+  return scrub(call, {
+    isError: true,
+    content: [{ type: 'text', text }],
+    structuredContent: { code: err.code, ...(err.rule ? { rule: err.rule } : {}), reason, callId: call.callId },
+  });
+}
+
+/**
+ * Last line of defence: no credential the gateway resolved for this call may appear in what
+ * the agent sees, whatever a driver or a target echoed back.
+ */
+function scrub(call: Call, result: CallToolResult): CallToolResult {
+  const secrets = call.secrets.filter((s) => s.length >= 4);
+  if (secrets.length === 0) return result;
+  const json = JSON.stringify(result);
+  if (!secrets.some((s) => json.includes(s))) return result;
+  let cleaned = json;
+  for (const s of secrets) cleaned = cleaned.split(JSON.stringify(s).slice(1, -1)).join('[secret]');
+  return JSON.parse(cleaned) as CallToolResult;
+}
+
+function fenceNonce(): string {
+  return randomBytes(6).toString('hex');
+}
+
+function auditRecord(
+  session: Session,
+  call: Call,
+  kind: 'decision' | 'outcome',
+  failure?: GovernanceError,
+  result?: CallToolResult,
+): AuditRecord {
+  const d = call.decision;
+  const decision = d
+    ? { effect: d.effect, rule: d.rule, reason: d.reason }
+    : { effect: 'deny', rule: failure?.code === 'UNAUTHENTICATED' ? 'identity' : 'input', reason: failure?.message ?? 'refused' };
+  const rec: AuditRecord = {
+    kind,
+    callId: call.callId,
+    session: session.id,
+    sub: call.identity?.sub ?? '(unauthenticated)',
+    groups: call.identity ? [...call.identity.groups] : [],
+    tool: call.tool,
+    target: call.description?.target ?? null,
+    operation: d?.operation ?? null,
+    input: call.description?.auditInput ?? (call.input === undefined ? null : call.input),
+    decision,
+  };
+  if (kind === 'outcome') {
+    const o = call.output;
+    rec.outcome = {
+      status: result?.isError ? 'error' : 'ok',
+      durationMs: Date.now() - call.started,
+      ...(failure ? { code: failure.code } : {}),
+      ...(o?.kind === 'rows' && !result?.isError ? { rows: (result?.structuredContent as { rows: unknown[] }).rows.length } : {}),
+      ...(o?.kind === 'text' ? { bytes: o.bytes, ...(o.exitCode !== undefined ? { exitCode: o.exitCode } : {}) } : {}),
+    };
+    if (call.masked && Object.keys(call.masked).length > 0) rec.masked = call.masked;
+  }
+  return rec;
+}
+
+async function record(rt: Runtime, session: Session, call: Call, result: CallToolResult): Promise<void> {
+  try {
+    if (!session.recorder && session.identity) {
+      session.recorder = await SessionRecorder.create(rt.config.recordings.dir, {
+        session: session.id,
+        identity: { sub: session.identity.sub, groups: [...session.identity.groups] },
+        client: session.clientInfo,
+        start: new Date().toISOString(),
+        transport: session.transport,
+      });
+    }
+    await session.recorder?.record({
+      callId: call.callId,
+      tool: call.tool,
+      request: call.args,
+      decision: call.decision ? { effect: call.decision.effect, rule: call.decision.rule, reason: call.decision.reason } : null,
+      result,
+      durationMs: Date.now() - call.started,
+    });
+  } catch (err) {
+    // The audit log is the record of truth and was written; a recording failure is logged loudly.
+    log.error({ callId: call.callId, err: describeCause(err) }, 'session recording failed');
+  }
+}
+
+function describeCause(cause: unknown): unknown {
+  if (cause instanceof Error) return { name: cause.name, message: cause.message, code: (cause as { code?: unknown }).code };
+  return cause;
+}

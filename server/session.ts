@@ -1,0 +1,22 @@
+import { randomUUID } from 'node:crypto';
+import type { SessionRecorder } from '../recordings/session.js';
+import type { Identity } from './identity.js';
+
+/**
+ * One MCP session. The token is re-read and re-verified on every call: over stdio it is the
+ * one the process started with (so an expired token stops working mid-session); over HTTP it
+ * is the bearer of the current request.
+ */
+export interface Session {
+  readonly id: string;
+  readonly transport: 'stdio' | 'http' | 'memory';
+  token(): string | undefined;
+  clientInfo: { name: string; version: string } | null;
+  /** Set on the first verified call; the recording header names this identity. */
+  identity: Identity | null;
+  recorder: SessionRecorder | null;
+}
+
+export function newSession(transport: Session['transport'], token: () => string | undefined): Session {
+  return { id: randomUUID(), transport, token, clientInfo: null, identity: null, recorder: null };
+}

@@ -1,0 +1,120 @@
+/**
+ * `npm run bench`: latency of a small governed read, against the same read through the
+ * reference MCP PostgreSQL server (@modelcontextprotocol/server-postgres) and a bare `pg`
+ * client, all on one real PostgreSQL started for the run. Prints p50/p99 and the ratios.
+ *
+ * Everything runs on this machine over loopback; each side gets the same warm-up and count.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import pg from 'pg';
+import { loadDevIssuer } from '../../server/dev-issuer.js';
+import { writeGatewayConfig } from '../helpers/gateway.js';
+import { seedFixtures, startPostgres } from '../helpers/postgres.js';
+
+const WARMUP = 50;
+const COUNT = Number(process.env.BENCH_COUNT ?? 500);
+const SQL = 'SELECT id, name, country FROM customers WHERE id = 3';
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+async function measure(name: string, once: () => Promise<void>) {
+  for (let i = 0; i < WARMUP; i++) await once();
+  const times: number[] = [];
+  for (let i = 0; i < COUNT; i++) {
+    const t = process.hrtime.bigint();
+    await once();
+    times.push(Number(process.hrtime.bigint() - t) / 1e6);
+  }
+  times.sort((a, b) => a - b);
+  return { name, p50: percentile(times, 50), p99: percentile(times, 99) };
+}
+
+async function mcpClient(command: string, args: string[], env: Record<string, string>) {
+  const client = new Client({ name: 'bench', version: '1.0.0' });
+  await client.connect(new StdioClientTransport({ command, args, env: { ...(process.env as Record<string, string>), ...env }, stderr: 'ignore' }));
+  return client;
+}
+
+async function main() {
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+  const { info, stop } = await startPostgres();
+  const dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-bench-'));
+  const clients: Client[] = [];
+  try {
+    await seedFixtures(info);
+    const policy = {
+      rules: [
+        {
+          id: 'bench-read',
+          match: { groups: ['bench'], tools: ['postgres_query'], targets: ['app-db'], operations: ['read'] },
+          effect: 'allow',
+          mask: ['pii'],
+        },
+      ],
+      masking: { pii: { detectors: ['email', 'credit_card'], columns: ['*.password', '*.ssn'] } },
+    };
+    const configFile = await writeGatewayConfig(dir, { pg: info, policy });
+    const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', { create: true });
+    const token = await issuer.mint({ sub: 'bench', groups: ['bench'], audience: 'gatehouse', ttlSec: 3600 });
+
+    const governed = await mcpClient(process.execPath, [path.join(root, 'dist/server/cli.js'), 'serve', '--config', configFile], {
+      GATEHOUSE_TOKEN: token,
+      GATEHOUSE_LOG_LEVEL: 'warn',
+    });
+    clients.push(governed);
+    const require = createRequire(import.meta.url);
+    const referenceBin = require.resolve('@modelcontextprotocol/server-postgres/dist/index.js');
+    const url = `postgresql://${encodeURIComponent(info.reader.user)}:${encodeURIComponent(info.reader.password)}@${info.host}:${info.port}/${info.database}`;
+    const reference = await mcpClient(process.execPath, [referenceBin, url], {});
+    clients.push(reference);
+    const bare = new pg.Client({ host: info.host, port: info.port, database: info.database, user: info.reader.user, password: info.reader.password });
+    await bare.connect();
+
+    const check = (r: CallToolResult, who: string) => {
+      if (r.isError) throw new Error(`${who} failed: ${JSON.stringify(r.content)}`);
+    };
+    const results = [];
+    // Interleave nothing: each side runs alone so they do not compete for the 2 cores.
+    results.push(await measure('bare pg', async () => void (await bare.query(SQL))));
+    results.push(
+      await measure('reference server-postgres', async () =>
+        check((await reference.callTool({ name: 'query', arguments: { sql: SQL } })) as CallToolResult, 'reference'),
+      ),
+    );
+    results.push(
+      await measure('gatehouse (governed)', async () =>
+        check((await governed.callTool({ name: 'postgres_query', arguments: { target: 'app-db', sql: SQL } })) as CallToolResult, 'gatehouse'),
+      ),
+    );
+    await bare.end();
+
+    const [bareR, refR, govR] = results as [(typeof results)[0], (typeof results)[0], (typeof results)[0]];
+    const fmt = (n: number) => n.toFixed(3).padStart(8);
+    process.stdout.write(`read latency, ${COUNT} calls each after ${WARMUP} warm-up (ms)\n`);
+    process.stdout.write(`${'path'.padEnd(28)}${'p50'.padStart(8)}${'p99'.padStart(9)}\n`);
+    for (const r of results) process.stdout.write(`${r.name.padEnd(28)}${fmt(r.p50)} ${fmt(r.p99)}\n`);
+    process.stdout.write(
+      `\ngoverned / reference: p50 ${(govR.p50 / refR.p50).toFixed(2)}x, p99 ${(govR.p99 / refR.p99).toFixed(2)}x\n` +
+        `governed / bare pg:   p50 ${(govR.p50 / bareR.p50).toFixed(2)}x, p99 ${(govR.p99 / bareR.p99).toFixed(2)}x\n` +
+        `reference / bare pg:  p50 ${(refR.p50 / bareR.p50).toFixed(2)}x, p99 ${(refR.p99 / bareR.p99).toFixed(2)}x\n`,
+    );
+  } finally {
+    await Promise.allSettled(clients.map((c) => c.close()));
+    await stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,126 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { stringify } from 'yaml';
+import { loadDevIssuer, type DevIssuer } from '../../server/dev-issuer.js';
+import { createMcpServer } from '../../server/mcp.js';
+import { createRuntime, type Runtime } from '../../server/runtime.js';
+import { newSession } from '../../server/session.js';
+import type { PgInfo } from './postgres.js';
+
+export interface TestGateway {
+  dir: string;
+  configFile: string;
+  rt: Runtime;
+  issuer: DevIssuer;
+  mint(sub: string, groups: string[], ttlSec?: number): Promise<string>;
+  connect(token: string | (() => string | undefined)): Promise<TestClient>;
+  close(): Promise<void>;
+}
+
+export interface TestClient {
+  client: Client;
+  call(tool: string, args: Record<string, unknown>): Promise<CallToolResult>;
+  close(): Promise<void>;
+}
+
+/**
+ * Write gatehouse.yaml and policy.yaml into `dir`. Targets: `app-db` as the read-only role,
+ * `app-db-rw` as the writer role; `app-db-badpw` has a wrong password.
+ */
+export async function writeGatewayConfig(
+  dir: string,
+  opts: { pg: PgInfo; policy: string | Record<string, unknown>; clockToleranceSec?: number },
+): Promise<string> {
+  // Secrets reach the gateway the way they would in production: by reference.
+  process.env.GH_TEST_READER_PASSWORD = opts.pg.reader.password;
+  process.env.GH_TEST_WRITER_PASSWORD = opts.pg.writer.password;
+  process.env.GH_TEST_BAD_PASSWORD = 'not-the-password';
+  await writeFile(path.join(dir, 'policy.yaml'), typeof opts.policy === 'string' ? opts.policy : stringify(opts.policy));
+  const configFile = path.join(dir, 'gatehouse.yaml');
+  const target = (user: string, env: string) => ({
+    kind: 'postgres',
+    host: opts.pg.host,
+    port: opts.pg.port,
+    database: opts.pg.database,
+    user,
+    password: { env },
+  });
+  await writeFile(
+    configFile,
+    stringify({
+      identity: {
+        audience: 'gatehouse',
+        devIssuer: { keyFile: 'dev-issuer.json' },
+        clockToleranceSec: opts.clockToleranceSec ?? 30,
+      },
+      targets: {
+        'app-db': target(opts.pg.reader.user, 'GH_TEST_READER_PASSWORD'),
+        'app-db-rw': target(opts.pg.writer.user, 'GH_TEST_WRITER_PASSWORD'),
+        'app-db-badpw': target(opts.pg.reader.user, 'GH_TEST_BAD_PASSWORD'),
+      },
+      policies: ['./policy.yaml'],
+      audit: { file: 'audit.jsonl' },
+      recordings: { dir: 'recordings' },
+      state: { file: 'state.json' },
+    }),
+  );
+  return configFile;
+}
+
+/**
+ * A real gateway (config file, policies, dev issuer, audit log, recordings, pools) in a temp
+ * dir, in front of the harness's PostgreSQL, driven through the SDK Client over an in-memory
+ * transport pair. Targets: `app-db` as the read-only role, `app-db-rw` as the writer role.
+ */
+export async function startGateway(opts: {
+  pg: PgInfo;
+  policy: string | Record<string, unknown>;
+  clockToleranceSec?: number;
+}): Promise<TestGateway> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-gw-'));
+  const configFile = await writeGatewayConfig(dir, opts);
+  const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', { create: true });
+  const rt = await createRuntime(configFile);
+  const clients: TestClient[] = [];
+  return {
+    dir,
+    configFile,
+    rt,
+    issuer,
+    mint: (sub, groups, ttlSec = 600) => issuer.mint({ sub, groups, ttlSec, audience: 'gatehouse' }),
+    async connect(token) {
+      const session = newSession('memory', typeof token === 'string' ? () => token : token);
+      const server = createMcpServer(rt, session);
+      const [clientSide, serverSide] = InMemoryTransport.createLinkedPair();
+      const client = new Client({ name: 'gatehouse-test', version: '1.0.0' });
+      await server.connect(serverSide);
+      await client.connect(clientSide);
+      const tc: TestClient = {
+        client,
+        call: async (tool, args) => (await client.callTool({ name: tool, arguments: args })) as CallToolResult,
+        async close() {
+          await client.close();
+          await server.close();
+          await session.recorder?.close();
+        },
+      };
+      clients.push(tc);
+      return tc;
+    },
+    async close() {
+      await Promise.allSettled(clients.map((c) => c.close()));
+      await rt.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The text of a tool result (first content item). */
+export function textOf(r: CallToolResult): string {
+  const first = r.content[0];
+  return first && first.type === 'text' ? first.text : '';
+}

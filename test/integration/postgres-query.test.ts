@@ -1,0 +1,256 @@
+import { readFileSync } from 'node:fs';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { verifyAuditFile } from '../../recordings/audit.js';
+import { startGateway, textOf, type TestClient, type TestGateway } from '../helpers/gateway.js';
+import { connectAs } from '../helpers/postgres.js';
+import { snapshotState } from '../helpers/pg-state.js';
+
+const pgInfo = inject('pg');
+
+interface Case {
+  sql: string;
+  params?: Array<string | number | boolean | null>;
+  expect: string;
+  tags?: string[];
+  note?: string;
+}
+const corpus = (file: string): Case[] =>
+  readFileSync(new URL(`../corpus/${file}`, import.meta.url), 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as Case);
+const cases = [...corpus('sql.jsonl'), ...corpus('sql-extra.jsonl')];
+
+const policy = {
+  rules: [
+    {
+      id: 'analysts-read',
+      match: { groups: ['analysts'], tools: ['postgres_query'], targets: ['app-db'], operations: ['read'] },
+      effect: 'allow',
+      mask: ['pii'],
+      limits: { maxRows: 50, timeout: '5s' },
+    },
+    {
+      id: 'small-reads',
+      match: { subjects: ['capped-*'], tools: ['postgres_query'], targets: ['app-db'], operations: ['read'] },
+      effect: 'allow',
+      limits: { maxRows: 3, timeout: '300ms' },
+    },
+    {
+      id: 'readonly-read',
+      match: { groups: ['readonly'], tools: ['postgres_query'], targets: ['app-db'], operations: ['read'] },
+      effect: 'allow',
+    },
+    { id: 'no-ddl', match: { tools: ['postgres_query'], operations: ['ddl'] }, effect: 'deny' },
+    {
+      id: 'writers-write',
+      match: { groups: ['writers'], tools: ['postgres_query'], targets: ['app-db-rw'], operations: ['read', 'write'] },
+      effect: 'allow',
+    },
+    {
+      id: 'writes-need-approval',
+      match: { groups: ['analysts'], tools: ['postgres_query'], operations: ['write'] },
+      effect: 'approve',
+      approval: { approvers: { groups: ['dba'] } },
+    },
+  ],
+  masking: {
+    pii: { detectors: ['email', 'credit_card'], columns: ['*.password', 'customers.ssn'], style: 'redact' },
+  },
+};
+
+const ok = (r: CallToolResult) => {
+  expect(r.isError, textOf(r)).toBeFalsy();
+  return r.structuredContent as { columns: Array<{ name: string }>; rows: unknown[][]; rowCount: number; truncated: boolean; operation: string };
+};
+
+describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', () => {
+  let gw: TestGateway;
+  let analyst: TestClient;
+  let su: pg.Client;
+
+  beforeAll(async () => {
+    gw = await startGateway({ pg: pgInfo, policy });
+    analyst = await gw.connect(await gw.mint('alice', ['analysts']));
+    su = await connectAs(pgInfo, 'superuser');
+  });
+  afterAll(async () => {
+    await su?.end();
+    await gw?.close();
+  });
+
+  it('lists governed tools with schemas and annotations', async () => {
+    const { tools } = await analyst.client.listTools();
+    const names = tools.map((t) => t.name).sort();
+    expect(names).toEqual(['explain', 'list_targets', 'postgres_query']);
+    for (const t of tools) {
+      expect(t.outputSchema, t.name).toBeDefined();
+      expect(t.annotations, t.name).toBeDefined();
+      expect(t.inputSchema.additionalProperties, t.name).toBe(false);
+    }
+  });
+
+  it('answers an allowed read with rows, fenced as untrusted data', async () => {
+    const r = await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT id, name, country FROM customers ORDER BY id LIMIT 3' });
+    const s = ok(r);
+    expect(s.columns.map((c) => c.name)).toEqual(['id', 'name', 'country']);
+    expect(s.rows).toHaveLength(3);
+    expect(s.operation).toBe('read');
+    expect(s.truncated).toBe(false);
+    expect(textOf(r)).toMatch(/<untrusted-data id="[0-9a-f]+">[\s\S]*<\/untrusted-data id="[0-9a-f]+">/);
+  });
+
+  it('binds parameters through the extended protocol', async () => {
+    const s = ok(await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT id FROM customers WHERE id = $1', params: [2] }));
+    expect(s.rows).toEqual([[2]]);
+    // A parameter is a value, never SQL.
+    const s2 = ok(
+      await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT count(*)::int FROM customers WHERE name = $1', params: ["x' OR '1'='1"] }),
+    );
+    expect(s2.rows).toEqual([[0]]);
+  });
+
+  it('masks emails and card numbers in values, and masked columns even under an alias', async () => {
+    const r = ok(await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT email, card, ssn FROM customers ORDER BY id LIMIT 5' }));
+    const raw = await su.query<{ email: string; card: string; ssn: string }>('SELECT email, card, ssn FROM customers ORDER BY id LIMIT 5');
+    const seen = JSON.stringify(r.rows);
+    for (const row of raw.rows) {
+      expect(seen).not.toContain(row.email);
+      if (row.card) expect(seen).not.toContain(row.card);
+      if (row.ssn) expect(seen).not.toContain(row.ssn);
+    }
+    const aliased = ok(await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT u.password AS p, u.id FROM users u ORDER BY id' }));
+    const pw = await su.query<{ password: string }>('SELECT password FROM users ORDER BY id');
+    for (const row of pw.rows) expect(JSON.stringify(aliased.rows)).not.toContain(row.password);
+    // A subquery and a CTE keep the column's origin too.
+    const cte = ok(
+      await analyst.call('postgres_query', { target: 'app-db', sql: 'WITH x AS (SELECT password FROM users) SELECT * FROM (SELECT password AS q FROM x) s' }),
+    );
+    for (const row of pw.rows) expect(JSON.stringify(cte.rows)).not.toContain(row.password);
+  });
+
+  it('caps rows with truncated: true, bounded by the rule', async () => {
+    const capped = await gw.connect(await gw.mint('capped-bob', []));
+    const s = ok(await capped.call('postgres_query', { target: 'app-db', sql: 'SELECT g FROM generate_series(1, 100000) g' }));
+    expect(s.rows).toHaveLength(3);
+    expect(s.truncated).toBe(true);
+    // The caller may ask for fewer, never for more.
+    const fewer = ok(await capped.call('postgres_query', { target: 'app-db', sql: 'SELECT g FROM generate_series(1, 10) g', maxRows: 2 }));
+    expect(fewer.rows).toHaveLength(2);
+    const more = ok(await capped.call('postgres_query', { target: 'app-db', sql: 'SELECT g FROM generate_series(1, 10) g', maxRows: 9 }));
+    expect(more.rows).toHaveLength(3);
+  });
+
+  it('stops a statement at the rule timeout with TIMEOUT', async () => {
+    const capped = await gw.connect(await gw.mint('capped-carol', []));
+    const r = await capped.call('postgres_query', {
+      target: 'app-db',
+      sql: 'SELECT count(*) FROM generate_series(1, 200000000) a',
+    });
+    expect(r.isError).toBe(true);
+    expect(textOf(r)).toMatch(/^TIMEOUT: /);
+  });
+
+  it('denies DDL naming the rule and the statement', async () => {
+    const before = await snapshotState(su);
+    const r = await analyst.call('postgres_query', { target: 'app-db', sql: 'DROP TABLE canary' });
+    expect(r.isError).toBe(true);
+    expect(textOf(r)).toBe('DENIED by rule no-ddl: statement is ddl (DropStmt)');
+    expect(r.structuredContent).toMatchObject({ code: 'DENIED', rule: 'no-ddl' });
+    expect(await snapshotState(su)).toEqual(before);
+  });
+
+  it('refuses approve rules with APPROVAL_UNAVAILABLE until approvals exist', async () => {
+    const before = await snapshotState(su);
+    const r = await analyst.call('postgres_query', { target: 'app-db', sql: "INSERT INTO canary VALUES (7, 'x')" });
+    expect(textOf(r)).toMatch(/^APPROVAL_UNAVAILABLE: .*writes-need-approval/);
+    expect(await snapshotState(su)).toEqual(before);
+  });
+
+  it('reports bad input as INVALID_INPUT', async () => {
+    const syntax = await analyst.call('postgres_query', { target: 'app-db', sql: 'SELEC 1' });
+    expect(textOf(syntax)).toMatch(/^INVALID_INPUT: syntax error at position \d+/);
+    const unknownKey = await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT 1', database: 'postgres' });
+    expect(textOf(unknownKey)).toMatch(/^INVALID_INPUT: /);
+    const noTarget = await analyst.call('postgres_query', { sql: 'SELECT 1' });
+    expect(textOf(noTarget)).toMatch(/^INVALID_INPUT: target/);
+  });
+
+  it('denies targets the policy does not name, by default', async () => {
+    const r = await analyst.call('postgres_query', { target: 'app-db-rw', sql: 'SELECT 1' });
+    expect(textOf(r)).toMatch(/^DENIED by rule default-deny: /);
+    const ghost = await analyst.call('postgres_query', { target: 'no-such-db', sql: 'SELECT 1' });
+    expect(textOf(ghost)).toMatch(/^DENIED by rule default-deny: /);
+  });
+
+  it('list_targets shows only what this identity may do', async () => {
+    const r = await analyst.call('list_targets', {});
+    expect(r.isError).toBeFalsy();
+    const { targets } = r.structuredContent as { targets: Array<{ name: string; tools: Array<{ operations: Array<{ operation: string; effect: string }> }> }> };
+    expect(targets.map((t) => t.name)).toEqual(['app-db', 'app-db-rw']);
+    expect(targets[0]!.tools[0]!.operations).toEqual([
+      { operation: 'read', effect: 'allow' },
+      { operation: 'write', effect: 'approve' },
+    ]);
+    const stranger = await gw.connect(await gw.mint('mallory', []));
+    const none = await stranger.call('list_targets', {});
+    expect((none.structuredContent as { targets: unknown[] }).targets).toEqual([]);
+  });
+
+  it('explain gives the decision without executing', async () => {
+    const before = await snapshotState(su);
+    const r = await analyst.call('explain', { tool: 'postgres_query', input: { target: 'app-db', sql: 'DELETE FROM canary' } });
+    expect(r.structuredContent).toMatchObject({ effect: 'approve', rule: 'writes-need-approval', operation: 'write' });
+    expect((r.structuredContent as { parts: Array<{ tags: string[] }> }).parts[0]!.tags).toContain('unbounded');
+    expect(await snapshotState(su)).toEqual(before);
+  });
+
+  it('writes through the writer target when policy allows, in a session that is reset after', async () => {
+    const writer = await gw.connect(await gw.mint('wendy', ['writers']));
+    const s = ok(await writer.call('postgres_query', { target: 'app-db-rw', sql: "INSERT INTO canary VALUES (500, 'w') RETURNING id" }));
+    expect(s.rows).toEqual([[500]]);
+    expect(s.operation).toBe('write');
+    ok(await writer.call('postgres_query', { target: 'app-db-rw', sql: 'DELETE FROM canary WHERE id = 500' }));
+    const check = await su.query('SELECT count(*)::int AS n FROM canary WHERE id = 500');
+    expect(check.rows[0]).toEqual({ n: 0 });
+  });
+
+  describe('the shared corpus under a read-only policy', () => {
+    let reader: TestClient;
+    beforeAll(async () => {
+      reader = await gw.connect(await gw.mint('rita', ['readonly']));
+    });
+
+    it.each(cases)('$expect: $sql', async (c) => {
+      const input = { target: 'app-db', sql: c.sql, ...(c.params ? { params: c.params } : {}) };
+      const explained = await reader.call('explain', { tool: 'postgres_query', input });
+      if (c.expect === 'invalid') {
+        expect(textOf(explained)).toMatch(/^INVALID_INPUT: /);
+        return;
+      }
+      expect(explained.isError, textOf(explained)).toBeFalsy();
+      const ex = explained.structuredContent as { operation: string; effect: string; parts: Array<{ tags: string[] }> };
+      expect(ex.operation.split(',')).toContain(c.expect);
+      for (const tag of c.tags ?? []) expect(ex.parts.flatMap((p) => p.tags)).toContain(tag);
+
+      const before = await snapshotState(su);
+      const r = await reader.call('postgres_query', input);
+      if (c.expect === 'read') {
+        // Every read is answered (it may legitimately be an error from the server, e.g. a
+        // permission error for pg_catalog functions, but never a policy refusal).
+        expect(textOf(r)).not.toMatch(/^(DENIED|APPROVAL_|INVALID_INPUT)/);
+      } else {
+        expect(r.isError).toBe(true);
+        expect(textOf(r)).toMatch(/^DENIED by rule (no-ddl|default-deny): /);
+      }
+      expect(await snapshotState(su)).toEqual(before);
+    });
+  });
+
+  it('leaves an audit chain that verifies', async () => {
+    const result = await verifyAuditFile(`${gw.dir}/audit.jsonl`);
+    expect(result).toMatchObject({ ok: true });
+  });
+});

@@ -1,0 +1,126 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { loadDevIssuer } from '../../server/dev-issuer.js';
+import { writeGatewayConfig } from '../helpers/gateway.js';
+import { CLI, cliEnv } from '../helpers/cli.js';
+
+const pgInfo = inject('pg');
+
+const policy = {
+  rules: [
+    {
+      id: 'read',
+      match: { groups: ['analysts'], tools: ['postgres_query'], operations: ['read'] },
+      effect: 'allow',
+      mask: ['pii'],
+    },
+    { id: 'no-ddl', match: { operations: ['ddl'] }, effect: 'deny' },
+  ],
+  masking: { pii: { detectors: ['email', 'credit_card'], columns: ['*.password'] } },
+};
+
+/**
+ * The real binary over real stdio: stdout carries nothing but MCP, and the database password
+ * appears nowhere — not in results, errors, the stderr log, the audit log or the recordings.
+ */
+describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
+  let dir: string;
+  let configFile: string;
+  let client: Client;
+  let transport: StdioClientTransport;
+  let stderr = '';
+  const results: CallToolResult[] = [];
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-stdio-'));
+    configFile = await writeGatewayConfig(dir, { pg: pgInfo, policy });
+    const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', { create: true });
+    const token = await issuer.mint({ sub: 'alice', groups: ['analysts'], audience: 'gatehouse', ttlSec: 600 });
+    transport = new StdioClientTransport({
+      command: process.execPath,
+      args: [...CLI, 'serve', '--config', configFile],
+      env: cliEnv({ GATEHOUSE_TOKEN: token, GATEHOUSE_LOG_LEVEL: 'debug' }),
+      stderr: 'pipe',
+    });
+    transport.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    client = new Client({ name: 'stdio-test', version: '1.0.0' });
+    await client.connect(transport);
+  });
+  afterAll(async () => {
+    await client?.close();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const call = async (name: string, args: Record<string, unknown>) => {
+    const r = (await client.callTool({ name, arguments: args })) as CallToolResult;
+    results.push(r);
+    return r;
+  };
+
+  it('serves reads, refusals and target errors without leaking the password', async () => {
+    expect((await call('postgres_query', { target: 'app-db', sql: 'SELECT id, email FROM customers LIMIT 2' })).isError).toBeFalsy();
+    expect((await call('postgres_query', { target: 'app-db', sql: 'DROP TABLE canary' })).isError).toBe(true);
+    expect((await call('postgres_query', { target: 'app-db', sql: 'SELECT * FROM no_such_table' })).content[0]).toMatchObject({
+      text: expect.stringMatching(/^TARGET_ERROR: app-db: 42P01/) as unknown,
+    });
+    const bad = await call('postgres_query', { target: 'app-db-badpw', sql: 'SELECT 1' });
+    expect(bad.content[0]).toMatchObject({ text: expect.stringMatching(/^TARGET_ERROR: cannot connect to app-db-badpw/) as unknown });
+    // Ask the server to reveal its own settings: the password is not among them, and the
+    // connection string is never in the session.
+    await call('postgres_query', { target: 'app-db', sql: "SELECT current_setting('application_name'), current_user" });
+    await call('postgres_query', { target: 'app-db', sql: 'SELECT usename, passwd FROM pg_user' });
+    await call('list_targets', {});
+    await call('explain', { tool: 'postgres_query', input: { target: 'app-db', sql: 'SELECT 1' } });
+    await client.close();
+    // Give the process a moment to flush its last log lines.
+    await new Promise((r) => setTimeout(r, 300));
+
+    const audit = await readFile(path.join(dir, 'audit.jsonl'), 'utf8');
+    const recDir = path.join(dir, 'recordings');
+    const recordings = (await Promise.all((await readdir(recDir)).map((f) => readFile(path.join(recDir, f), 'utf8')))).join('\n');
+    expect(audit.length).toBeGreaterThan(0);
+    expect(recordings.length).toBeGreaterThan(0);
+    expect(stderr).toContain('serving MCP over stdio');
+    const everything = { results: JSON.stringify(results), stderr, audit, recordings };
+    for (const secret of [pgInfo.reader.password, pgInfo.writer.password, pgInfo.superuser.password]) {
+      for (const [where, text] of Object.entries(everything)) expect(text.includes(secret), `${where} leaks a password`).toBe(false);
+    }
+  });
+
+  it('gatehouse audit verify passes on that log, and fails on an edited or torn line', async () => {
+    const file = path.join(dir, 'audit.jsonl');
+    const verify = () => spawnSync(process.execPath, [...CLI, 'audit', 'verify', '--file', file], { env: cliEnv(), encoding: 'utf8' });
+    const good = verify();
+    expect(good.status, good.stderr + good.stdout).toBe(0);
+
+    const original = await readFile(file, 'utf8');
+    const lines = original.split('\n');
+    lines[2] = lines[2]!.replace('"alice"', '"mallory"');
+    await writeFile(file, lines.join('\n'));
+    const edited = verify();
+    expect(edited.status).toBe(1);
+    expect(edited.stdout + edited.stderr).toMatch(/line 3/);
+
+    await writeFile(file, original);
+    await appendFile(file, original.split('\n')[0]!.slice(0, 40));
+    const torn = verify();
+    expect(torn.status).toBe(1);
+  });
+
+  it('refuses to start without a valid token, writing nothing to stdout', () => {
+    const r = spawnSync(process.execPath, [...CLI, 'serve', '--config', configFile], {
+      env: cliEnv({ GATEHOUSE_TOKEN: 'not-a-token' }),
+      input: '',
+      encoding: 'utf8',
+    });
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/UNAUTHENTICATED/);
+  });
+});

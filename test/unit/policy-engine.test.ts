@@ -1,0 +1,117 @@
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_LIMITS, PolicyEngine, type CallFacts, type CallPart } from '../../policies/engine.js';
+import { Rule } from '../../policies/schema.js';
+
+const rules = (list: unknown[]) => new PolicyEngine(list.map((r) => Rule.parse(r)));
+const part = (operation: string, extra: Partial<CallPart> = {}): CallPart => ({ operation, tags: [], reason: `does ${operation}`, ...extra });
+const facts = (over: Partial<CallFacts> = {}): CallFacts => ({
+  principal: { sub: 'alice', groups: ['analysts'], claims: { dept: 'finance', org: { tier: 'gold' } } },
+  tool: 'postgres_query',
+  target: 'app-db',
+  parts: [part('read')],
+  ...over,
+});
+
+describe('policy engine', () => {
+  it('denies by default, naming default-deny', () => {
+    const d = rules([]).decide(facts());
+    expect(d).toMatchObject({ effect: 'deny', rule: 'default-deny' });
+    expect(d.reason).toMatch(/no rule allows postgres_query read on app-db/);
+  });
+
+  it('deny beats approve beats allow, whatever the order of rules', () => {
+    const allow = { id: 'a', match: {}, effect: 'allow' };
+    const approve = { id: 'b', match: {}, effect: 'approve', approval: { approvers: 'client' } };
+    const deny = { id: 'c', match: {}, effect: 'deny' };
+    expect(rules([allow, approve, deny]).decide(facts()).rule).toBe('c');
+    expect(rules([deny, approve, allow]).decide(facts()).rule).toBe('c');
+    expect(rules([allow, approve]).decide(facts())).toMatchObject({ effect: 'approve', rule: 'b' });
+    expect(rules([approve, allow]).decide(facts())).toMatchObject({ effect: 'approve', rule: 'b' });
+  });
+
+  it('gives a call of several parts its strictest part, so an allowed part cannot carry a denied one', () => {
+    const engine = rules([{ id: 'reads', match: { operations: ['read'] }, effect: 'allow' }]);
+    const d = engine.decide(facts({ parts: [part('read'), part('admin', { reason: 'statement is admin (TransactionStmt)' }), part('ddl')] }));
+    expect(d.effect).toBe('deny');
+    expect(d.rule).toBe('default-deny');
+    expect(d.reason).toMatch(/TransactionStmt/);
+  });
+
+  it('denies a call that has no parts at all', () => {
+    expect(rules([{ id: 'all', match: {}, effect: 'allow' }]).decide(facts({ parts: [] })).effect).toBe('deny');
+  });
+
+  it.each([
+    [{ subjects: ['ali*'] }, true],
+    [{ subjects: ['bob'] }, false],
+    [{ groups: ['sre', 'analysts'] }, true],
+    [{ groups: ['sre'] }, false],
+    [{ tools: ['postgres_*'] }, true],
+    [{ tools: ['ssh_exec'] }, false],
+    [{ targets: ['app-*'] }, true],
+    [{ targets: ['prod-*'] }, false],
+    [{ operations: ['read', 'write'] }, true],
+    [{ operations: ['write'] }, false],
+    [{ claims: { dept: 'finance' } }, true],
+    [{ claims: { dept: ['hr', 'finance'] } }, true],
+    [{ claims: { 'org.tier': 'gold' } }, true],
+    [{ claims: { dept: 'hr' } }, false],
+    [{ claims: { missing: 'x' } }, false],
+    [{ tags: ['unbounded'] }, false],
+  ])('match %j -> %s', (match, matches) => {
+    const d = rules([{ id: 'r', match, effect: 'allow' }]).decide(facts());
+    expect(d.effect === 'allow').toBe(matches);
+  });
+
+  it('matches classifier tags, e.g. to deny unbounded writes', () => {
+    const engine = rules([
+      { id: 'writes', match: { operations: ['write'] }, effect: 'allow' },
+      { id: 'no-unbounded', match: { tags: ['unbounded'] }, effect: 'deny' },
+    ]);
+    expect(engine.decide(facts({ parts: [part('write')] })).effect).toBe('allow');
+    expect(engine.decide(facts({ parts: [part('write', { tags: ['unbounded'] })] })).rule).toBe('no-unbounded');
+  });
+
+  it('never matches a target glob for a call without a target', () => {
+    expect(rules([{ id: 'r', match: { targets: ['*'] }, effect: 'allow' }]).decide(facts({ target: null })).effect).toBe('deny');
+  });
+
+  it('globs do not cross into other names by case or prefix tricks', () => {
+    const engine = rules([{ id: 'r', match: { targets: ['app-db'], subjects: ['alice'] }, effect: 'allow' }]);
+    expect(engine.decide(facts({ target: 'APP-DB' })).effect).toBe('deny');
+    expect(engine.decide(facts({ target: 'app-db-rw' })).effect).toBe('deny');
+    expect(engine.decide(facts({ principal: { sub: 'alice2', groups: [], claims: {} } })).effect).toBe('deny');
+  });
+
+  it('takes the tightest limits and the union of masks of the rules that let the call through', () => {
+    const engine = rules([
+      { id: 'a', match: {}, effect: 'allow', mask: ['pii'], limits: { maxRows: 100, timeout: '10s' } },
+      { id: 'b', match: { groups: ['analysts'] }, effect: 'allow', mask: ['secrets'], limits: { maxRows: 20, maxOutputBytes: '64KiB' } },
+    ]);
+    const d = engine.decide(facts());
+    expect(d.mask.sort()).toEqual(['pii', 'secrets']);
+    expect(d.limits).toEqual({ maxRows: 20, timeoutMs: 10_000, maxOutputBytes: 65536 });
+    expect(rules([{ id: 'x', match: {}, effect: 'allow' }]).decide(facts()).limits).toEqual(DEFAULT_LIMITS);
+  });
+
+  it('carries the approval block of an approve rule', () => {
+    const d = rules([{ id: 'w', match: {}, effect: 'approve', approval: { approvers: { groups: ['dba'] }, timeout: '2m', grant: '15m' } }]).decide(facts());
+    expect(d.approval).toMatchObject({ rule: 'w', timeout: 120_000, grant: 900_000, approvers: { groups: ['dba'] } });
+  });
+});
+
+describe('policy rule schema', () => {
+  it.each([
+    [{ id: 'x', effect: 'allow', match: { grups: ['a'] } }, /Unrecognized key/],
+    [{ id: 'x', effect: 'approve' }, /approval/],
+    [{ id: 'x', effect: 'allow', approval: { approvers: 'client' } }, /approval/],
+    [{ id: 'x', effect: 'permit' }, /effect/],
+    [{ id: 'has space', effect: 'allow' }, /rule ids/],
+    [{ id: 'x', effect: 'allow', limits: { timeout: 'soon' } }, /not a duration/],
+    [{ id: 'x', effect: 'allow', limits: { maxOutputBytes: 'lots' } }, /not a size/],
+  ])('rejects %j', (rule, message) => {
+    const r = Rule.safeParse(rule);
+    expect(r.success).toBe(false);
+    expect(JSON.stringify(r.error?.issues)).toMatch(message);
+  });
+});

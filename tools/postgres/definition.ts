@@ -1,0 +1,71 @@
+import { z } from 'zod';
+import type { GovernedTool } from '../types.js';
+import { classifySql } from './classify.js';
+import type { PostgresExecutor } from './executor.js';
+import type { ResolvedPostgresTarget } from './pool.js';
+
+const Param = z.union([z.string(), z.number(), z.boolean(), z.null()]);
+
+export const PostgresQueryInput = z.strictObject({
+  target: z.string().min(1).describe('Target name, from list_targets'),
+  sql: z.string().min(1).max(100_000).describe('Exactly one SQL statement; use $1, $2... for parameters'),
+  params: z.array(Param).max(1_000).optional().describe('Values for $1, $2...'),
+  maxRows: z.number().int().min(1).max(100_000).optional().describe('At most this many rows (policy may lower it)'),
+});
+export type PostgresQueryInput = z.infer<typeof PostgresQueryInput>;
+
+export const PostgresQueryOutput = z.object({
+  columns: z.array(z.object({ name: z.string(), type: z.string() })),
+  rows: z.array(z.array(z.unknown())),
+  rowCount: z.number().int(),
+  truncated: z.boolean(),
+  operation: z.enum(['read', 'write', 'ddl', 'admin', 'unknown']),
+});
+
+export const POSTGRES_OPERATIONS = ['read', 'write', 'ddl', 'admin', 'unknown'] as const;
+
+export function postgresQueryTool(
+  executor: PostgresExecutor,
+): GovernedTool<PostgresQueryInput, ResolvedPostgresTarget> {
+  return {
+    name: 'postgres_query',
+    title: 'PostgreSQL query',
+    description:
+      'Run one SQL statement on a PostgreSQL target. The statement is parsed by the real PostgreSQL ' +
+      'parser and classified (read, write, ddl, admin, unknown) before policy decides; reads run in a ' +
+      'read-only session. Result values may be masked.',
+    inputSchema: PostgresQueryInput,
+    outputSchema: PostgresQueryOutput,
+    annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
+    targetKind: 'postgres',
+    operations: POSTGRES_OPERATIONS,
+    async describe(input) {
+      const c = await classifySql(input.sql);
+      return {
+        target: input.target,
+        // One part per statement: a call with several statements gets the strictest one's decision.
+        parts: c.statements.map((s) => ({ operation: s.operation, tags: s.tags, reason: s.reason })),
+        auditInput: { sql: input.sql, ...(input.params ? { params: input.params } : {}) },
+      };
+    },
+    async execute(input, ctx) {
+      return executor.run(
+        ctx.target,
+        {
+          sql: input.sql,
+          params: input.params ?? [],
+          maxRows: Math.min(input.maxRows ?? ctx.limits.maxRows, ctx.limits.maxRows),
+          operation: mostStrict(ctx.description.parts.map((p) => p.operation)),
+          statementCount: ctx.description.parts.length,
+        },
+        ctx.limits,
+        ctx.signal,
+      );
+    },
+  };
+}
+
+const ORDER = ['read', 'write', 'ddl', 'unknown', 'admin'];
+function mostStrict(ops: string[]): string {
+  return ops.reduce((a, b) => (ORDER.indexOf(b) > ORDER.indexOf(a) ? b : a), 'read');
+}

@@ -1,0 +1,141 @@
+import Cursor from 'pg-cursor';
+import type pg from 'pg';
+import { GovernanceError } from '../../server/errors.js';
+import type { ColumnOrigin } from '../../policies/masking.js';
+import type { ResolvedLimits } from '../../policies/engine.js';
+import type { ToolOutput } from '../types.js';
+import type { PostgresPools, ResolvedPostgresTarget } from './pool.js';
+
+export interface QueryRequest {
+  sql: string;
+  params: Array<string | number | boolean | null>;
+  maxRows: number;
+  operation: string;
+  statementCount: number;
+}
+
+/** A cache of (table oid, column number) -> real names, so column masking follows aliases. */
+type OriginCache = Map<string, { schema: string; table: string; column: string }>;
+
+export class PostgresExecutor {
+  private readonly origins = new Map<string, OriginCache>();
+
+  constructor(private readonly pools: PostgresPools) {}
+
+  async run(
+    target: ResolvedPostgresTarget,
+    req: QueryRequest,
+    limits: ResolvedLimits,
+    signal: AbortSignal,
+  ): Promise<ToolOutput> {
+    if (req.statementCount !== 1) {
+      // The extended protocol refuses several statements anyway; say it plainly first.
+      throw new GovernanceError('INVALID_INPUT', `one statement per call (got ${req.statementCount})`);
+    }
+    const readOnly = req.operation === 'read';
+    const pool = this.pools.get(target, readOnly ? 'read' : 'write', limits.timeoutMs);
+    let client: pg.PoolClient;
+    try {
+      client = await pool.connect();
+    } catch (err) {
+      throw new GovernanceError('TARGET_ERROR', `cannot connect to ${target.name}`, { cause: err });
+    }
+    // Any call that could change session state gets a fresh session next time: the
+    // connection is destroyed instead of returned (`release(true)`).
+    let destroy = !readOnly;
+    const onAbort = () => {
+      destroy = true;
+      // Ending the socket is the only sure way to stop a running statement from here;
+      // statement_timeout on the server side normally fires first.
+      (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+    };
+    // A client-side backstop a little after the server's statement_timeout.
+    const timer = setTimeout(onAbort, limits.timeoutMs + 2_000);
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      const cursor = client.query(new Cursor(req.sql, req.params, { rowMode: 'array' }));
+      const { rows, result } = await new Promise<{ rows: unknown[][]; result: pg.QueryResult }>((resolve, reject) => {
+        cursor.read(req.maxRows + 1, (err, rows: unknown[][], result) => (err ? reject(err) : resolve({ rows, result })));
+      });
+      const truncated = rows.length > req.maxRows;
+      if (truncated) {
+        rows.length = req.maxRows;
+      }
+      await cursor.close();
+      const columns = await this.columnOrigins(target.name, client, result.fields ?? []);
+      const values = rows.map((row) => row.map(toJsonValue));
+      const rowCount = result.fields?.length ? values.length : (result.rowCount ?? 0);
+      return { kind: 'rows', columns, rows: values, rowCount, truncated, operation: req.operation };
+    } catch (err) {
+      destroy = true;
+      throw mapPgError(err, target.name, signal.aborted);
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      client.release(destroy);
+    }
+  }
+
+  private async columnOrigins(
+    targetName: string,
+    client: pg.PoolClient,
+    fields: pg.FieldDef[],
+  ): Promise<Array<ColumnOrigin & { type: string }>> {
+    let cache = this.origins.get(targetName);
+    if (!cache) this.origins.set(targetName, (cache = new Map()));
+    const missing = fields.filter((f) => f.tableID !== 0 && !cache.has(`${f.tableID}:${f.columnID}`));
+    if (missing.length > 0) {
+      // Fields carry oids only; the names come from the catalog (readable by any role).
+      const res = await client.query<{ t: number; n: number; schema: string; table: string; column: string }>({
+        text: `SELECT a.attrelid::int8 AS t, a.attnum::int AS n, ns.nspname AS schema, c.relname AS table, a.attname AS column
+                 FROM pg_catalog.pg_attribute a
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                 JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+                WHERE (a.attrelid, a.attnum) IN (SELECT * FROM unnest($1::oid[], $2::int2[]))`,
+        values: [missing.map((f) => f.tableID), missing.map((f) => f.columnID)],
+      });
+      for (const r of res.rows) cache.set(`${r.t}:${r.n}`, { schema: r.schema, table: r.table, column: r.column });
+    }
+    return fields.map((f) => {
+      const origin = f.tableID !== 0 ? cache.get(`${f.tableID}:${f.columnID}`) : undefined;
+      return { name: f.name, type: typeName(f.dataTypeID), ...(origin ?? {}) };
+    });
+  }
+}
+
+/** Result values as JSON: dates as ISO text, bytes as hex, big numbers as strings (pg's default). */
+function toJsonValue(v: unknown): unknown {
+  if (v instanceof Date) return Number.isNaN(v.getTime()) ? String(v) : v.toISOString();
+  if (Buffer.isBuffer(v)) return `\\x${v.toString('hex')}`;
+  if (typeof v === 'bigint') return v.toString();
+  if (Array.isArray(v)) return v.map(toJsonValue);
+  return v;
+}
+
+const TYPE_NAMES: Record<number, string> = {
+  16: 'bool', 17: 'bytea', 18: 'char', 19: 'name', 20: 'int8', 21: 'int2', 23: 'int4', 25: 'text', 26: 'oid',
+  114: 'json', 700: 'float4', 701: 'float8', 1042: 'bpchar', 1043: 'varchar', 1082: 'date', 1083: 'time',
+  1114: 'timestamp', 1184: 'timestamptz', 1186: 'interval', 1700: 'numeric', 2950: 'uuid', 3802: 'jsonb',
+  1009: 'text[]', 1007: 'int4[]', 1016: 'int8[]', 869: 'inet',
+};
+
+function typeName(oid: number): string {
+  return TYPE_NAMES[oid] ?? `oid:${oid}`;
+}
+
+/**
+ * The server's own error text is useful to the agent (a missing column, a permission error)
+ * and passes through masking before it is shown. Connection-level failures are summarized:
+ * their messages can carry host names and user names the agent has no business seeing.
+ */
+function mapPgError(err: unknown, target: string, aborted: boolean): GovernanceError {
+  if (err instanceof GovernanceError) return err;
+  const e = err as { code?: string; message?: string; position?: string };
+  if (aborted) return new GovernanceError('TIMEOUT', `query on ${target} was cancelled`, { cause: err });
+  if (e.code === '57014') return new GovernanceError('TIMEOUT', `query on ${target} exceeded its time limit`, { cause: err });
+  if (typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code) && !e.code.startsWith('08') && !e.code.startsWith('28')) {
+    const pos = e.position ? ` (at position ${e.position})` : '';
+    return new GovernanceError('TARGET_ERROR', `${target}: ${e.code} ${e.message ?? 'error'}${pos}`, { cause: err });
+  }
+  return new GovernanceError('TARGET_ERROR', `${target}: the database connection failed`, { cause: err });
+}
