@@ -1,6 +1,7 @@
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import { CallToolRequestSchema, ListToolsRequestSchema, type Tool } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
+import { ERROR_CODES } from './errors.js';
 import { META_TOOLS } from './meta-tools.js';
 import { handleToolCall } from './pipeline.js';
 import type { Runtime } from './runtime.js';
@@ -35,13 +36,29 @@ function jsonSchema(schema: z.ZodType, io: 'input' | 'output'): Tool['inputSchem
   return rest as Tool['inputSchema'];
 }
 
+/**
+ * Errors are tool results too, with `structuredContent` `{ code, rule?, reason, callId }`
+ * (CONTRACT section 3). Clients validate structuredContent against outputSchema even on
+ * errors, so every output schema admits the error shape as an alternative.
+ */
+export const ErrorContent = z.strictObject({
+  code: z.enum(ERROR_CODES),
+  rule: z.string().optional(),
+  reason: z.string(),
+  callId: z.string(),
+});
+
+function outputSchema(schema: z.ZodType): Tool['outputSchema'] {
+  return { type: 'object', anyOf: [jsonSchema(schema, 'output'), jsonSchema(ErrorContent, 'output')] };
+}
+
 export function listTools(rt: Pick<Runtime, 'tools'>): Tool[] {
   const governed = [...rt.tools.values()].map((t) => ({
     name: t.name,
     title: t.title,
     description: t.description,
     inputSchema: jsonSchema(t.inputSchema, 'input'),
-    outputSchema: jsonSchema(t.outputSchema, 'output'),
+    outputSchema: outputSchema(t.outputSchema),
     annotations: { title: t.title, ...t.annotations },
   }));
   const meta = Object.values(META_TOOLS).map((t) => ({
@@ -49,7 +66,7 @@ export function listTools(rt: Pick<Runtime, 'tools'>): Tool[] {
     title: t.title,
     description: t.description,
     inputSchema: jsonSchema(t.inputSchema, 'input'),
-    outputSchema: jsonSchema(t.outputSchema, 'output'),
+    outputSchema: outputSchema(t.outputSchema),
     annotations: { title: t.title, ...t.annotations },
   }));
   return [...meta, ...governed];

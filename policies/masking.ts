@@ -1,0 +1,431 @@
+import { createHmac } from 'node:crypto';
+
+/**
+ * Masking v1: pure functions, no I/O. A masker hides whole columns (by their real origin)
+ * and, inside every string that reaches the agent, values that detectors recognise.
+ *
+ * Every masked form is built so that no detector recognises it again (no '@' after a local
+ * part, fewer than 13 digits, '+*' instead of '+digit'...): masking masked output changes
+ * nothing, which keeps recordings, audit counts and re-rendered results stable.
+ */
+
+export type Detector =
+  'email' | 'credit_card' | 'ssn' | 'iban' | 'phone' | 'jwt' | 'aws_key' | 'private_key';
+export type MaskStyle = 'redact' | 'partial' | 'pseudonym';
+
+export interface MaskProfile {
+  detectors: Detector[];
+  /** Globs `table.column` or `schema.table.column` (or a bare `column`); `*` and `?` wildcards, case-insensitive. */
+  columns: string[];
+  style: MaskStyle;
+}
+
+export interface ColumnOrigin {
+  /** Result column name (the alias). */
+  name: string;
+  /** Real table name, from the field's tableID. */
+  table?: string;
+  schema?: string;
+  /** Real column name, from the field's columnID. */
+  column?: string;
+}
+
+export interface MaskResult<T> {
+  value: T;
+  /** Per detector name, or 'column' for values hidden by a column rule. Only non-zero keys. */
+  counts: Record<string, number>;
+}
+
+export interface Masker {
+  /** False when no profile applies: callers may skip the work entirely. */
+  readonly active: boolean;
+  /** Column rules first (whole value), then detectors inside every string (also inside JSON and arrays). */
+  maskRows(columns: ColumnOrigin[], rows: unknown[][]): MaskResult<unknown[][]>;
+  /** Detectors only: error texts, command output, anything that is not a result set. */
+  maskText(text: string): MaskResult<string>;
+}
+
+export const DETECTOR_NAMES: readonly Detector[] = [
+  'email',
+  'credit_card',
+  'ssn',
+  'iban',
+  'phone',
+  'jwt',
+  'aws_key',
+  'private_key',
+];
+
+// Stricter first: a mixed set of profiles never shows more than its strictest member allows.
+const STYLE_RANK: Record<MaskStyle, number> = { partial: 0, pseudonym: 1, redact: 2 };
+
+interface DetectorImpl {
+  /** Cheap pre-check so long texts without the telltale character skip the regex. */
+  maybe(text: string): boolean;
+  /** Global regex; candidates still go through `valid`. */
+  pattern: RegExp;
+  valid(match: string): boolean;
+  /** What the pseudonym hashes: equal values in different spellings share a pseudonym. */
+  normalize(match: string): string;
+  /** 'partial' style; must not be recognised again by any detector. */
+  partial(match: string): string;
+}
+
+const digitsOf = (s: string): string => s.replace(/\D/g, '');
+
+/** Replace every digit except the last `keep` ones with '*', leaving separators in place. */
+function starDigits(s: string, keep: number): string {
+  let left = digitsOf(s).length - keep;
+  return s.replace(/\d/g, (d) => (left-- > 0 ? '*' : d));
+}
+
+export function luhnValid(digits: string): boolean {
+  let sum = 0;
+  let double = false;
+  for (let i = digits.length - 1; i >= 0; i--) {
+    let d = digits.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) return false;
+    if (double) {
+      d *= 2;
+      if (d > 9) d -= 9;
+    }
+    sum += d;
+    double = !double;
+  }
+  return sum % 10 === 0;
+}
+
+export function ibanValid(iban: string): boolean {
+  const s = iban.replace(/ /g, '').toUpperCase();
+  if (!/^[A-Z]{2}\d{2}[A-Z0-9]{11,30}$/.test(s)) return false;
+  // mod-97 over the rearranged string, letters as 10..35, computed piecewise (no bigint needed).
+  let rem = 0;
+  for (const ch of s.slice(4) + s.slice(0, 4)) {
+    const v = ch >= 'A' ? String(ch.charCodeAt(0) - 55) : ch;
+    for (const c of v) rem = (rem * 10 + (c.charCodeAt(0) - 48)) % 97;
+  }
+  return rem === 1;
+}
+
+const REDACT_ONLY = (): string => '';
+
+/*
+ * Every pattern starts with a lookbehind that refuses to begin in the middle of a run of the
+ * same character class. Besides precision, this keeps scanning linear: without it a long
+ * run of letters with no '@' costs O(n^2) for the email pattern.
+ */
+const DETECTORS: Record<Detector, DetectorImpl> = {
+  private_key: {
+    maybe: (t) => t.includes('PRIVATE KEY-----'),
+    // An unterminated block (output cut by a size limit) is masked to the end of the text.
+    pattern: /-----BEGIN ([A-Z0-9 ]{0,40}PRIVATE KEY)-----[\s\S]*?(?:-----END \1-----|$)/g,
+    valid: () => true,
+    normalize: (m) => m.replace(/\s+/g, ''),
+    partial: REDACT_ONLY,
+  },
+  jwt: {
+    maybe: (t) => t.includes('eyJ'),
+    // Header and payload are base64url JSON objects, so both begin with 'ey' ('{"' or '{ ').
+    pattern:
+      /(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}\.ey[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*(?![A-Za-z0-9_-])/g,
+    valid: () => true,
+    normalize: (m) => m,
+    partial: REDACT_ONLY,
+  },
+  aws_key: {
+    maybe: (t) => t.includes('AKIA') || t.includes('ASIA'),
+    pattern: /(?<![A-Za-z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9])/g,
+    valid: () => true,
+    normalize: (m) => m,
+    // The 4-letter prefix only says "an access key id was here".
+    partial: (m) => m.slice(0, 4) + '*'.repeat(16),
+  },
+  iban: {
+    maybe: (t) => /[A-Z]{2}\d{2}/.test(t),
+    // Upper case only, optionally in groups of four: lower case words of that shape are common.
+    pattern:
+      /(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])/g,
+    valid: ibanValid,
+    normalize: (m) => m.replace(/ /g, ''),
+    // Country and the last four characters, spaces kept: 'DE** **** **** **** **30 00'.
+    partial: (m) => {
+      const n = m.replace(/ /g, '').length;
+      let i = 0;
+      return m.replace(/[A-Z0-9]/g, (c) => (i++ < 2 || i > n - 4 ? c : '*'));
+    },
+  },
+  credit_card: {
+    maybe: (t) => /\d{4}/.test(t),
+    // 13-19 digits, contiguous or grouped 4-4-4-4(-3), 4-6-5 (Amex) or 4-6-4 (Diners), with one
+    // consistent separator. Stray digit runs (order numbers, hashes, ids inside words) are
+    // refused by the alphanumeric boundaries, the Luhn check and the issuer prefix.
+    pattern:
+      /(?<![A-Za-z0-9])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1(?:\d{4}(?:\1\d{1,3})?|\d{1,3})|\d{4}([ -])\d{6}\2\d{4,5})(?![A-Za-z0-9])/g,
+    valid: (m) => {
+      const d = digitsOf(m);
+      // Issuers: 2 (Mastercard 2-series, Mir), 3 (Amex, Diners, JCB), 4 (Visa), 5 (Mastercard,
+      // Maestro), 6 (Discover, UnionPay, Maestro). Numbers starting 0, 1, 7-9 are not cards.
+      return d.length >= 13 && d.length <= 19 && /^[2-6]/.test(d) && luhnValid(d);
+    },
+    normalize: digitsOf,
+    // Last four, the rest starred in place: '**** **** **** 1111', '***********0005'.
+    partial: (m) => starDigits(m, 4),
+  },
+  ssn: {
+    maybe: (t) => t.includes('-'),
+    pattern: /(?<![A-Za-z0-9-])\d{3}-\d{2}-\d{4}(?![A-Za-z0-9-])/g,
+    valid: (m) => {
+      const [area = '', group = '', serial = ''] = m.split('-');
+      // Never issued: area 000, 666, 900-999; group 00; serial 0000.
+      return (
+        area !== '000' && area !== '666' && area[0] !== '9' && group !== '00' && serial !== '0000'
+      );
+    },
+    normalize: digitsOf,
+    partial: (m) => '***-**-' + m.slice(-4),
+  },
+  email: {
+    maybe: (t) => t.includes('@'),
+    pattern:
+      /(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,63}(?![A-Za-z0-9-])/g,
+    valid: () => true,
+    normalize: (m) => m.toLowerCase(),
+    // First character of the local part and the domain: 'j***@example.com'.
+    partial: (m) => {
+      const at = m.lastIndexOf('@');
+      return m.slice(0, 1) + '***' + m.slice(at);
+    },
+  },
+  phone: {
+    maybe: (t) => t.includes('+'),
+    // Conservative: international form only ('+' then 8-15 digits with light separators),
+    // never after a word character, so sums like '1+2345678901' are left alone.
+    pattern: /(?<![A-Za-z0-9_+])\+(?:\d[ .()-]{0,2}){7,14}\d(?![ .()-]{0,2}\d)(?![A-Za-z0-9])/g,
+    valid: (m) => {
+      const n = digitsOf(m).length;
+      return n >= 8 && n <= 15;
+    },
+    normalize: (m) => '+' + digitsOf(m),
+    // Last two digits: '+* ***-***-**43'. '+*' is not a phone any more.
+    partial: (m) => starDigits(m, 2),
+  },
+};
+
+// Most specific first: a PEM block holds base64 that could look like other things, an IBAN
+// holds digit groups a card pattern could take, an email may hold a '+digits' local part.
+const ORDER: readonly Detector[] = [
+  'private_key',
+  'jwt',
+  'aws_key',
+  'iban',
+  'credit_card',
+  'ssn',
+  'email',
+  'phone',
+];
+
+// The same patterns anchored to a whole value, for cells hidden by a column rule.
+const WHOLE = Object.fromEntries(
+  ORDER.map((d) => [d, new RegExp(`^(?:${DETECTORS[d].pattern.source})$`)]),
+) as Record<Detector, RegExp>;
+
+/*
+ * Forms this module produces. A cell hidden by a column rule that already holds one is left
+ * as it is, so column rules are idempotent too. Only forms at least as strict as the
+ * masker's own style are accepted: a pseudonym masker does not pass a partial form through.
+ */
+const REDACTED_FORM = /^\[redacted:[a-z_-]+\](?:#\d+)?$/;
+const PSEUDONYM_FORM =
+  /^(?:email|credit_card|ssn|iban|phone|jwt|aws_key|private_key|column)_[0-9a-f]{8}$/;
+const PARTIAL_FORMS: readonly RegExp[] = [
+  /^[A-Za-z0-9._%+-]\*\*\*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,63}$/, // email
+  /^\*[* -]{8,}\d{4}$/, // credit_card
+  /^\*\*\*-\*\*-\d{4}$/, // ssn
+  /^[A-Z]{2}\*\*[* ]*(?:[A-Z0-9] ?){3}[A-Z0-9]$/, // iban
+  /^\+\*[* .()-]*\d[ .()-]{0,2}\d$/, // phone
+  /^(?:AKIA|ASIA)\*{16}$/, // aws_key
+];
+
+function isMaskedForm(s: string, style: MaskStyle): boolean {
+  if (REDACTED_FORM.test(s)) return true;
+  if (style === 'redact') return false;
+  if (PSEUDONYM_FORM.test(s)) return true;
+  return style === 'partial' && PARTIAL_FORMS.some((r) => r.test(s));
+}
+
+function compileGlob(glob: string): RegExp[] {
+  const parts = glob.trim().split('.');
+  if (glob.trim() === '' || parts.length > 3 || parts.some((p) => p === '')) {
+    throw new Error(
+      `masking column pattern "${glob}" must be column, table.column or schema.table.column`,
+    );
+  }
+  return parts.map(
+    (p) =>
+      new RegExp(
+        '^' +
+          p
+            .split('')
+            .map((c) =>
+              c === '*' ? '.*' : c === '?' ? '.' : c.replace(/[\\^$.|+()[\]{}]/g, '\\$&'),
+            )
+            .join('') +
+          '$',
+        'i',
+      ),
+  );
+}
+
+interface ColumnGlob {
+  schema?: RegExp;
+  table?: RegExp;
+  column: RegExp;
+}
+
+function toColumnGlob(glob: string): ColumnGlob {
+  const parts = compileGlob(glob);
+  const column = parts[parts.length - 1]!;
+  if (parts.length === 3) return { schema: parts[0]!, table: parts[1]!, column };
+  if (parts.length === 2) return { table: parts[0]!, column };
+  return { column };
+}
+
+/**
+ * Column rules match the real origin (tableID/columnID), never the alias, so
+ * `SELECT password AS p FROM users` is still masked and an alias cannot unmask anything.
+ * When the origin is unknown (an expression such as `lower(password) AS password`), the alias
+ * is matched against the column part of every glob, whatever its table part: we cannot tell
+ * where the value came from, so we prefer masking. A schema-qualified glob matches a column
+ * whose schema is unknown on its table and column parts alone, for the same reason.
+ */
+function columnMatches(globs: readonly ColumnGlob[], origin: ColumnOrigin): boolean {
+  if (origin.table !== undefined && origin.column !== undefined) {
+    const { table, column, schema } = origin;
+    return globs.some(
+      (g) =>
+        g.column.test(column) &&
+        (g.table === undefined || g.table.test(table)) &&
+        (g.schema === undefined || schema === undefined || g.schema.test(schema)),
+    );
+  }
+  return globs.some((g) => g.column.test(origin.name));
+}
+
+export function createMasker(
+  profiles: readonly MaskProfile[],
+  opts: { pseudonymKey: Uint8Array },
+): Masker {
+  const detectorSet = new Set<Detector>();
+  const globs: ColumnGlob[] = [];
+  let style: MaskStyle = 'partial';
+  for (const p of profiles) {
+    for (const d of p.detectors) {
+      if (!Object.hasOwn(DETECTORS, d))
+        throw new Error(`masking detector "${String(d)}" is unknown`);
+      detectorSet.add(d);
+    }
+    for (const c of p.columns) globs.push(toColumnGlob(c));
+    if (!Object.hasOwn(STYLE_RANK, p.style)) {
+      throw new Error(`masking style "${String(p.style)}" is unknown`);
+    }
+    if (STYLE_RANK[p.style] > STYLE_RANK[style]) style = p.style;
+  }
+  if (profiles.length > 0 && opts.pseudonymKey.length < 16) {
+    // A short key makes pseudonyms guessable by hashing candidate values.
+    throw new Error('masking pseudonym key must be at least 16 bytes');
+  }
+  const detectors = ORDER.filter((d) => detectorSet.has(d));
+  const key = Buffer.from(opts.pseudonymKey);
+  const active = profiles.length > 0 && (detectors.length > 0 || globs.length > 0);
+
+  const pseudonym = (kind: string, normalized: string): string =>
+    `${kind}_${createHmac('sha256', key).update(normalized).digest('hex').slice(0, 8)}`;
+
+  const maskMatch = (d: Detector, m: string): string => {
+    const impl = DETECTORS[d];
+    if (style === 'pseudonym') return pseudonym(d, impl.normalize(m));
+    if (style === 'partial') return impl.partial(m) || `[redacted:${d}]`;
+    return `[redacted:${d}]`;
+  };
+
+  const maskString = (text: string, counts: Record<string, number>): string => {
+    let out = text;
+    for (const d of detectors) {
+      const impl = DETECTORS[d];
+      if (!impl.maybe(out)) continue;
+      out = out.replace(impl.pattern, (m) => {
+        if (!impl.valid(m)) return m;
+        counts[d] = (counts[d] ?? 0) + 1;
+        return maskMatch(d, m);
+      });
+    }
+    return out;
+  };
+
+  // Walks JSON (pg's json/jsonb) and arrays; returns new containers, never mutates the input.
+  const maskDeep = (v: unknown, counts: Record<string, number>, depth: number): unknown => {
+    if (typeof v === 'string') return maskString(v, counts);
+    if (v === null || typeof v !== 'object') return v;
+    if (depth > 200) return '[redacted:too-deep]';
+    if (Array.isArray(v)) return v.map((x) => maskDeep(x, counts, depth + 1));
+    const proto = Object.getPrototypeOf(v) as unknown;
+    if (proto !== Object.prototype && proto !== null) return v; // Date, Buffer: no free text
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) {
+      // Keys can hold PII too ({"jane@example.com": ...}); a collision keeps both entries.
+      const base = maskString(k, counts);
+      let mk = base;
+      for (let n = 2; mk !== k && Object.hasOwn(out, mk); n++) mk = `${base}#${n}`;
+      out[mk] = maskDeep(x, counts, depth + 1);
+    }
+    return out;
+  };
+
+  /**
+   * A column rule hides the whole value, whatever its type; null stays null (it reveals
+   * nothing the row count does not). 'partial' and 'pseudonym' reuse a detector's form when
+   * the whole value is one (an email column reads 'j***@example.com' and joins with
+   * pseudonyms found in text); anything else (hashes, free text) is fully redacted in
+   * 'partial', since "keep a little" of a secret is still a leak.
+   */
+  const maskCell = (v: unknown): unknown => {
+    if (v === null || v === undefined) return v;
+    if (style === 'redact') return '[redacted:column]';
+    const s =
+      typeof v === 'string' ? v : typeof v === 'bigint' ? v.toString() : (JSON.stringify(v) ?? '');
+    if (typeof v === 'string' && isMaskedForm(s, style)) return s;
+    for (const d of ORDER) {
+      const impl = DETECTORS[d];
+      if (WHOLE[d].test(s) && impl.valid(s)) {
+        if (style === 'pseudonym') return pseudonym(d, impl.normalize(s));
+        return impl.partial(s) || '[redacted:column]';
+      }
+    }
+    return style === 'pseudonym' ? pseudonym('column', s) : '[redacted:column]';
+  };
+
+  return {
+    active,
+    maskRows(columns, rows) {
+      const counts: Record<string, number> = {};
+      if (!active) return { value: rows, counts };
+      const hidden = columns.map((c) => globs.length > 0 && columnMatches(globs, c));
+      const value = rows.map((row) =>
+        row.map((cell, i) => {
+          if (hidden[i]) {
+            if (cell === null || cell === undefined) return cell;
+            counts.column = (counts.column ?? 0) + 1;
+            return maskCell(cell);
+          }
+          return detectors.length > 0 ? maskDeep(cell, counts, 0) : cell;
+        }),
+      );
+      return { value, counts };
+    },
+    maskText(text) {
+      const counts: Record<string, number> = {};
+      if (!active || detectors.length === 0) return { value: text, counts };
+      return { value: maskString(text, counts), counts };
+    },
+  };
+}

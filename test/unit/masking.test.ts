@@ -1,0 +1,429 @@
+import { describe, expect, it } from 'vitest';
+import {
+  createMasker,
+  DETECTOR_NAMES,
+  ibanValid,
+  luhnValid,
+  type ColumnOrigin,
+  type Detector,
+  type MaskProfile,
+  type MaskStyle,
+} from '../../policies/masking.js';
+
+const KEY = new Uint8Array(32).fill(7);
+const OTHER_KEY = new Uint8Array(32).fill(9);
+
+function masker(
+  detectors: Detector[],
+  style: MaskStyle = 'redact',
+  columns: string[] = [],
+  key = KEY,
+) {
+  return createMasker([{ detectors, columns, style }], { pseudonymKey: key });
+}
+
+const ALL = [...DETECTOR_NAMES];
+
+describe('luhn and mod-97', () => {
+  it.each([
+    ['4111111111111111', true],
+    ['5555555555554444', true],
+    ['378282246310005', true],
+    ['6011111111111117', true],
+    ['4111111111111112', false],
+    ['1234567890123456', false],
+    ['79927398713', true],
+    ['79927398710', false],
+  ])('luhnValid(%s) is %s', (digits, ok) => {
+    expect(luhnValid(digits)).toBe(ok);
+  });
+
+  it.each([
+    ['DE89370400440532013000', true],
+    ['DE89 3704 0044 0532 0130 00', true],
+    ['GB82WEST12345698765432', true],
+    ['FR1420041010050500013M02606', true],
+    ['DE89370400440532013001', false],
+    ['GB82WEST12345698765433', false],
+  ])('ibanValid(%s) is %s', (iban, ok) => {
+    expect(ibanValid(iban)).toBe(ok);
+  });
+});
+
+describe('credit_card detector', () => {
+  const m = masker(['credit_card']);
+
+  it.each([
+    ['4111 1111 1111 1111'],
+    ['5555-5555-5555-4444'],
+    ['378282246310005'],
+    ['3782 822463 10005'],
+    ['4111111111111111'],
+    ['6011111111111117'],
+    ['3530111333300000'],
+    ['2223003122003222'],
+    ['4222222222222'],
+  ])('masks the Luhn-valid card %s inside text', (card) => {
+    const r = m.maskText(`paid with ${card}, thanks`);
+    expect(r.value).toBe('paid with [redacted:credit_card], thanks');
+    expect(r.counts).toEqual({ credit_card: 1 });
+  });
+
+  it.each([
+    ['a random 16-digit number that fails Luhn', 'ref 1234567890123456'],
+    ['a near-miss of a test card', '4111111111111112'],
+    ['an order number', 'order ORD-2024-000123 shipped'],
+    ['an order number with a card-like length', 'order #9876543210123456 shipped'],
+    ['a Luhn-valid number with no card issuer prefix', '0000000000000000'],
+    ['a card inside a longer digit run', '41111111111111110000'],
+    ['a card inside a hex hash', 'sha a4111111111111111b'],
+    ['too short', '4111 1111 1111'],
+    ['mixed separators', '4111 1111-1111 1111'],
+    ['a timestamp in ms', '1718000000000'],
+  ])('leaves %s alone', (_why, text) => {
+    const r = m.maskText(text);
+    expect(r.value).toBe(text);
+    expect(r.counts).toEqual({});
+  });
+
+  it('keeps the last four in partial style, separators in place', () => {
+    const p = masker(['credit_card'], 'partial');
+    expect(p.maskText('4111 1111 1111 1111').value).toBe('**** **** **** 1111');
+    expect(p.maskText('5555-5555-5555-4444').value).toBe('****-****-****-4444');
+    expect(p.maskText('378282246310005').value).toBe('***********0005');
+  });
+});
+
+describe('email detector', () => {
+  const m = masker(['email']);
+
+  it.each([
+    ['Contact jane.doe@example.com today', 'Contact [redacted:email] today'],
+    ['<JOHN+tag@Mail.Example.ORG>', '<[redacted:email]>'],
+    ['mailto:a@b.co', 'mailto:[redacted:email]'],
+    ['x@y.io, z@w.io', '[redacted:email], [redacted:email]'],
+    ['{"owner":"ops@example.net"}', '{"owner":"[redacted:email]"}'],
+  ])('masks %s', (text, expected) => {
+    expect(m.maskText(text).value).toBe(expected);
+  });
+
+  it.each([['user@localhost'], ['@handle'], ['a @ b.com'], ['no email here']])(
+    'leaves %s alone',
+    (text) => {
+      expect(m.maskText(text).value).toBe(text);
+    },
+  );
+
+  it('keeps the first character and the domain in partial style', () => {
+    expect(masker(['email'], 'partial').maskText('jane@example.com').value).toBe(
+      'j***@example.com',
+    );
+  });
+});
+
+describe('other detectors', () => {
+  it.each<[Detector, string, string]>([
+    ['ssn', 'ssn 123-45-6789.', 'ssn ***-**-6789.'],
+    ['iban', 'IBAN DE89 3704 0044 0532 0130 00', 'IBAN DE** **** **** **** **30 00'],
+    ['iban', 'GB82WEST12345698765432', 'GB****************5432'],
+    ['phone', 'call +1 (202) 555-0143', 'call +* (***) ***-**43'],
+    ['phone', '+44 20 7946 0958', '+** ** **** **58'],
+    ['aws_key', 'id=AKIAIOSFODNN7EXAMPLE', 'id=AKIA****************'],
+    ['jwt', 'Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.abc_DEF-123', 'Bearer [redacted:jwt]'],
+    [
+      'private_key',
+      'k=-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY----- ok',
+      'k=[redacted:private_key] ok',
+    ],
+    [
+      'private_key',
+      'cut: -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXkt',
+      'cut: [redacted:private_key]',
+    ],
+  ])('%s masks %j (partial style)', (d, text, expected) => {
+    const r = masker([d], 'partial').maskText(text);
+    expect(r.value).toBe(expected);
+    expect(r.counts).toEqual({ [d]: 1 });
+  });
+
+  it.each<[Detector, string]>([
+    ['ssn', '000-12-3456'],
+    ['ssn', '666-12-3456'],
+    ['ssn', '912-34-5678'],
+    ['ssn', '123-00-4567'],
+    ['ssn', '123-45-0000'],
+    ['ssn', 'date 2024-01-15'],
+    ['ssn', 'part 123-45-6789-0'],
+    ['iban', 'DE89370400440532013001'],
+    ['iban', 'de89370400440532013000'],
+    ['phone', '202 555 0143'],
+    ['phone', '1+2345678901'],
+    ['phone', '2024-01-15T10:00:00+01:00'],
+    ['phone', '+1234567'],
+    ['phone', '+12345678901234567'],
+    ['aws_key', 'AKIAIOSFODNN7EXAMPL'],
+    ['jwt', 'eyJhbGciOiJIUzI1NiJ9'],
+    ['private_key', '-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----'],
+  ])('%s leaves %j alone', (d, text) => {
+    expect(masker([d]).maskText(text).value).toBe(text);
+  });
+});
+
+describe('styles', () => {
+  it('pseudonyms are stable within a key and differ across keys', () => {
+    const a = masker(['email', 'credit_card'], 'pseudonym');
+    const b = masker(['email', 'credit_card'], 'pseudonym', [], OTHER_KEY);
+    const x = a.maskText('jane@example.com').value;
+    expect(x).toMatch(/^email_[0-9a-f]{8}$/);
+    expect(a.maskText('jane@example.com').value).toBe(x);
+    // Same address in another spelling, same person: same pseudonym.
+    expect(a.maskText('JANE@example.com').value).toBe(x);
+    expect(a.maskText('john@example.com').value).not.toBe(x);
+    expect(b.maskText('jane@example.com').value).not.toBe(x);
+    expect(a.maskText('4111 1111 1111 1111').value).toBe(a.maskText('4111-1111-1111-1111').value);
+    expect(a.maskText('4111111111111111').value).toMatch(/^credit_card_[0-9a-f]{8}$/);
+  });
+
+  it.each<[MaskStyle[], string]>([
+    [['partial', 'redact'], '[redacted:email]'],
+    [['partial', 'pseudonym'], 'pseudonym'],
+    [['pseudonym', 'redact'], '[redacted:email]'],
+    [['partial', 'partial'], 'j***@example.com'],
+  ])('the strictest of %j wins', (styles, expected) => {
+    const m = createMasker(
+      styles.map((style) => ({ detectors: ['email'], columns: [], style })),
+      { pseudonymKey: KEY },
+    );
+    const v = m.maskText('jane@example.com').value;
+    if (expected === 'pseudonym') expect(v).toMatch(/^email_[0-9a-f]{8}$/);
+    else expect(v).toBe(expected);
+  });
+
+  it('unions detectors and columns across profiles', () => {
+    const m = createMasker(
+      [
+        { detectors: ['email'], columns: ['users.password'], style: 'redact' },
+        { detectors: ['credit_card'], columns: ['*.ssn'], style: 'redact' },
+      ],
+      { pseudonymKey: KEY },
+    );
+    expect(m.maskText('jane@example.com 4111111111111111').value).toBe(
+      '[redacted:email] [redacted:credit_card]',
+    );
+    const cols: ColumnOrigin[] = [
+      { name: 'password', table: 'users', column: 'password' },
+      { name: 'ssn', table: 'customers', column: 'ssn' },
+    ];
+    expect(m.maskRows(cols, [['h', 's']]).value).toEqual([
+      ['[redacted:column]', '[redacted:column]'],
+    ]);
+  });
+});
+
+const SAMPLE =
+  'Jane <jane@example.com> paid 4111 1111 1111 1111 and 378282246310005; ssn 123-45-6789; ' +
+  'IBAN DE89 3704 0044 0532 0130 00; +1 202-555-0143; AKIAIOSFODNN7EXAMPLE; ' +
+  'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig; -----BEGIN EC PRIVATE KEY-----\nAA\n-----END EC PRIVATE KEY-----';
+
+describe('idempotence', () => {
+  it.each<MaskStyle>(['redact', 'partial', 'pseudonym'])(
+    'masking %s output again changes nothing',
+    (style) => {
+      const m = masker(ALL, style, ['*.password']);
+      const once = m.maskText(SAMPLE);
+      expect(once.counts).toEqual({
+        email: 1,
+        credit_card: 2,
+        ssn: 1,
+        iban: 1,
+        phone: 1,
+        aws_key: 1,
+        jwt: 1,
+        private_key: 1,
+      });
+      const twice = m.maskText(once.value);
+      expect(twice.value).toBe(once.value);
+      expect(twice.counts).toEqual({});
+
+      const hidden = ['*.password', '*.email', '*.card', '*.ssn', '*.iban', '*.phone', '*.key'];
+      const c = masker(ALL, style, hidden);
+      const cols: ColumnOrigin[] = [
+        ...['password', 'email', 'card', 'ssn', 'iban', 'phone', 'key'].map((column) => ({
+          name: column,
+          table: 't',
+          column,
+        })),
+        { name: 'note' },
+      ];
+      const row = [
+        '$2b$12$hash',
+        'jane@example.com',
+        '4111 1111 1111 1111',
+        '123-45-6789',
+        'DE89 3704 0044 0532 0130 00',
+        '+1 202-555-0143',
+        'AKIAIOSFODNN7EXAMPLE',
+        SAMPLE,
+      ];
+      const rows1 = c.maskRows(cols, [row]);
+      const rows2 = c.maskRows(cols, rows1.value);
+      expect(rows2.value).toEqual(rows1.value);
+      expect(rows2.counts).toEqual({ column: 7 });
+    },
+  );
+});
+
+describe('maskRows', () => {
+  const cols: ColumnOrigin[] = [
+    { name: 'id', table: 'users', schema: 'public', column: 'id' },
+    { name: 'p', table: 'users', schema: 'public', column: 'password' },
+    { name: 'contact', table: 'users', schema: 'public', column: 'email' },
+    { name: 'doc' },
+  ];
+  const rows = [
+    [1, '$2b$12$abcdefghijklmnopqrstuv', 'jane@example.com', { to: ['a@example.org'], n: 3 }],
+    [2, null, 'john@example.org', null],
+    [3, 12345, 'no email', ['4111111111111111', 7]],
+  ];
+
+  it('hides columns by their real origin (not the alias), then runs detectors in every string', () => {
+    const m = masker(['email', 'credit_card'], 'redact', ['*.password']);
+    const input = structuredClone(rows);
+    const r = m.maskRows(cols, rows);
+    expect(r.value).toEqual([
+      [1, '[redacted:column]', '[redacted:email]', { to: ['[redacted:email]'], n: 3 }],
+      [2, null, '[redacted:email]', null],
+      [3, '[redacted:column]', 'no email', ['[redacted:credit_card]', 7]],
+    ]);
+    expect(r.counts).toEqual({ column: 2, email: 3, credit_card: 1 });
+    expect(rows).toEqual(input); // the input is not mutated
+  });
+
+  it('an alias cannot unmask, and an alias alone does not mask a known column', () => {
+    const m = masker([], 'redact', ['users.password']);
+    const r = m.maskRows(
+      [
+        { name: 'x', table: 'users', column: 'password' },
+        { name: 'password', table: 'customers', column: 'name' },
+      ],
+      [['h', 'Jane']],
+    );
+    expect(r.value).toEqual([['[redacted:column]', 'Jane']]);
+  });
+
+  it.each<[string, ColumnOrigin, boolean]>([
+    ['users.password', { name: 'p', table: 'users', column: 'password' }, true],
+    ['USERS.PASSWORD', { name: 'p', table: 'users', column: 'password' }, true],
+    ['users.password', { name: 'p', table: 'admins', column: 'password' }, false],
+    ['*.password', { name: 'p', table: 'admins', column: 'password' }, true],
+    ['*.pass*', { name: 'p', table: 'admins', column: 'password_hash' }, true],
+    ['public.users.ssn', { name: 's', schema: 'public', table: 'users', column: 'ssn' }, true],
+    ['audit.users.ssn', { name: 's', schema: 'public', table: 'users', column: 'ssn' }, false],
+    ['*.*.ssn', { name: 's', schema: 'public', table: 'users', column: 'ssn' }, true],
+    ['audit.users.ssn', { name: 's', table: 'users', column: 'ssn' }, true],
+    ['ssn', { name: 's', table: 'users', column: 'ssn' }, true],
+    // Unknown origin (an expression): the alias is matched against the column part.
+    ['*.password', { name: 'password' }, true],
+    ['users.password', { name: 'PASSWORD' }, true],
+    ['users.password', { name: 'lower' }, false],
+  ])('glob %s vs %j -> %s', (glob, origin, hidden) => {
+    const r = masker([], 'redact', [glob]).maskRows([origin], [['v']]);
+    expect(r.value[0]![0]).toBe(hidden ? '[redacted:column]' : 'v');
+  });
+
+  it('reuses detector forms for whole values in partial and pseudonym styles', () => {
+    const c: ColumnOrigin[] = [
+      { name: 'email', table: 'customers', column: 'email' },
+      { name: 'card', table: 'customers', column: 'card' },
+      { name: 'ssn', table: 'customers', column: 'ssn' },
+      { name: 'password', table: 'users', column: 'password' },
+      { name: 'n', table: 'customers', column: 'n' },
+    ];
+    const row = ['jane@example.com', '4111 1111 1111 1111', '123-45-6789', '$2b$12$abc', 42];
+    const globs = ['customers.*', 'users.password'];
+    expect(masker([], 'partial', globs).maskRows(c, [row]).value).toEqual([
+      [
+        'j***@example.com',
+        '**** **** **** 1111',
+        '***-**-6789',
+        '[redacted:column]',
+        '[redacted:column]',
+      ],
+    ]);
+    const p = masker(['email'], 'pseudonym', globs);
+    const [out] = p.maskRows(c, [row]).value;
+    expect(out![0]).toBe(p.maskText('jane@example.com').value); // joins with text occurrences
+    expect(out![1]).toMatch(/^credit_card_[0-9a-f]{8}$/);
+    expect(out![3]).toMatch(/^column_[0-9a-f]{8}$/);
+    expect(out![4]).toMatch(/^column_[0-9a-f]{8}$/);
+  });
+
+  it('passes through only masked forms at least as strict as its own style', () => {
+    const c: ColumnOrigin[] = [{ name: 'email', table: 'customers', column: 'email' }];
+    const partialForm = [['j***@example.com']];
+    expect(masker([], 'partial', ['*.email']).maskRows(c, partialForm).value).toEqual(partialForm);
+    expect(masker([], 'pseudonym', ['*.email']).maskRows(c, partialForm).value[0]![0]).toMatch(
+      /^column_[0-9a-f]{8}$/,
+    );
+    expect(masker([], 'redact', ['*.email']).maskRows(c, [['email_0123abcd']]).value).toEqual([
+      ['[redacted:column]'],
+    ]);
+  });
+
+  it('masks JSON keys too, keeping colliding entries apart', () => {
+    const r = masker(['email']).maskRows(
+      [{ name: 'j' }],
+      [[{ 'a@example.com': 1, 'b@example.com': 2 }]],
+    );
+    expect(r.value[0]![0]).toEqual({ '[redacted:email]': 1, '[redacted:email]#2': 2 });
+    expect(r.counts).toEqual({ email: 2 });
+  });
+
+  it('leaves dates and buffers as they are', () => {
+    const d = new Date(0);
+    const b = Buffer.from('x');
+    const r = masker(['email']).maskRows([{ name: 'd' }, { name: 'b' }], [[d, b]]);
+    expect(r.value[0]![0]).toBe(d);
+    expect(r.value[0]![1]).toBe(b);
+  });
+});
+
+describe('createMasker', () => {
+  it('is inactive without profiles and passes everything through', () => {
+    const m = createMasker([], { pseudonymKey: new Uint8Array(0) });
+    expect(m.active).toBe(false);
+    expect(m.maskText('jane@example.com')).toEqual({ value: 'jane@example.com', counts: {} });
+    const rows = [['jane@example.com']];
+    expect(m.maskRows([{ name: 'e' }], rows).value).toBe(rows);
+  });
+
+  it.each<[string, MaskProfile]>([
+    ['an unknown detector', { detectors: ['passport' as Detector], columns: [], style: 'redact' }],
+    ['an empty glob part', { detectors: [], columns: ['users.'], style: 'redact' }],
+    ['a glob with four parts', { detectors: [], columns: ['a.b.c.d'], style: 'redact' }],
+    ['an unknown style', { detectors: [], columns: [], style: 'blur' as MaskStyle }],
+  ])('refuses %s', (_why, profile) => {
+    expect(() => createMasker([profile], { pseudonymKey: KEY })).toThrow(/masking/);
+  });
+
+  it('refuses a short pseudonym key', () => {
+    expect(() => masker(['email'], 'pseudonym', [], new Uint8Array(4))).toThrow(/key/);
+  });
+});
+
+describe('cost', () => {
+  const N = 1 << 20;
+  it.each([
+    ['letters', 'a'.repeat(N)],
+    ['digits', '1'.repeat(N)],
+    ['dotted local part', 'a.'.repeat(N / 2) + '@x'],
+    ['many ats', 'a@'.repeat(N / 2)],
+    ['digit groups', '4111 '.repeat(N / 5)],
+    ['plus signs', '+1 '.repeat(N / 3)],
+    ['unterminated PEM headers', '-----BEGIN RSA PRIVATE KEY-----\n'.repeat(N / 32)],
+  ])('scans 1 MiB of %s in linear time', (_what, text) => {
+    const t = performance.now();
+    masker(ALL).maskText(text);
+    expect(performance.now() - t).toBeLessThan(1000);
+  });
+});
