@@ -1,0 +1,541 @@
+import { createHash } from 'node:crypto';
+import { mkdir, open, readFile, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { canonicalJson } from './canonical.js';
+
+/**
+ * The audit log: JSON lines, one per decision and one per outcome, hash-chained
+ * (CONTRACT section 6). `hash = sha256(prev + canonicalJson(line without hash))`, the first
+ * `prev` is 64 zeros, `seq` counts from 1 without gaps. Each line is itself written in
+ * canonical form, so the bytes on disk are exactly what was hashed (plus the `hash` key).
+ *
+ * One writer: the running server holds the file open and is the only process that appends
+ * to it (readers such as `audit tail` and `audit verify` never write). `<file>.lock` keeps a
+ * second gateway from opening the same file, and before every write the writer checks that
+ * the path still names the file it opened, at the size it left it: an edit, a truncation, a
+ * deleted file or a writer that ignored the lock makes appends fail (and the call with them)
+ * instead of forking or silently losing the chain.
+ *
+ * Why not pino here, although the process log is pino: pino adds its own keys and serializes
+ * in insertion order, and its sync destination (sonic-boom) reports a failed write as an
+ * 'error' event and swallows fsync errors, so a lost line could not reject `append()`. The
+ * audit log must fail closed, so it writes with a plain file handle and `datasync()`.
+ *
+ * Limit worth knowing: a chain proves order and integrity from the first line to the last
+ * one it holds. Someone able to rewrite the whole file can recompute every hash, and
+ * dropping whole lines from the end is indistinguishable from a log that stopped there. Ship
+ * the last `hash` somewhere else (a SIEM, a ticket) when that matters.
+ */
+
+export const GENESIS_PREV = '0'.repeat(64);
+
+export interface AuditRecord {
+  callId: string;
+  session: string;
+  sub: string;
+  groups: string[];
+  tool: string;
+  target: string | null;
+  operation: string | null;
+  input: unknown;
+  decision: { effect: string; rule: string; reason: string };
+  approval?: { id: string; approver: string; answer: string };
+  outcome?: {
+    status: string;
+    rows?: number;
+    bytes?: number;
+    exitCode?: number | null;
+    durationMs: number;
+    code?: string;
+  };
+  masked?: Record<string, number>;
+  kind: 'decision' | 'outcome';
+}
+
+export interface AuditLine extends AuditRecord {
+  time: string;
+  seq: number;
+  prev: string;
+  hash: string;
+}
+
+/** The log cannot be trusted or continued; the message says why and what to do. */
+export class AuditIntegrityError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'AuditIntegrityError';
+  }
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+/** Audit files this process holds open (the lock file cannot tell this process from itself). */
+const OPEN_HERE = new Set<string>();
+
+/** The chain link: sha256 over the previous hash and the canonical line without its hash. */
+export function auditHash(prev: string, line: Record<string, unknown>): string {
+  const { hash: _hash, ...rest } = line;
+  return createHash('sha256')
+    .update(prev + canonicalJson(rest), 'utf8')
+    .digest('hex');
+}
+
+export class AuditLog {
+  private queue: Promise<unknown> = Promise.resolve();
+  private closing: Promise<void> | undefined;
+  /** Set when a failed write may have left the file in an unknown state: no more appends. */
+  private broken: Error | undefined;
+
+  private constructor(
+    readonly file: string,
+    private readonly handle: FileHandle,
+    private readonly lock: { file: string; content: string },
+    private readonly identity: { dev: number; ino: number },
+    private seq: number,
+    private prev: string,
+    private size: number,
+  ) {}
+
+  /**
+   * Opens (creating if needed) and continues the chain from the file's last line. A torn or
+   * invalid tail refuses to open: starting a fresh chain on top of it would hide the damage.
+   */
+  static async open(file: string): Promise<AuditLog> {
+    const abs = path.resolve(file);
+    if (OPEN_HERE.has(abs)) {
+      throw new AuditIntegrityError(`audit log ${abs} is already open in this process`);
+    }
+    OPEN_HERE.add(abs);
+    try {
+      return await AuditLog.openLocked(abs);
+    } catch (err) {
+      OPEN_HERE.delete(abs);
+      throw err;
+    }
+  }
+
+  private static async openLocked(abs: string): Promise<AuditLog> {
+    const dir = path.dirname(abs);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const lock = await acquireLock(abs);
+    const existed = await stat(abs).then(
+      () => true,
+      (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return false;
+        throw err;
+      },
+    );
+    let handle: FileHandle | undefined;
+    try {
+      // 'a+': every write goes to the end (O_APPEND) and the tail can still be read by position.
+      handle = await open(abs, 'a+', 0o600);
+      const st = await handle.stat();
+      let seq = 0;
+      let prev = GENESIS_PREV;
+      if (st.size > 0) {
+        const last = await lastLine(handle, st.size);
+        const checked = last === null ? { reason: 'no trailing newline' } : checkLine(last);
+        if ('reason' in checked) {
+          throw new AuditIntegrityError(
+            `audit log ${abs}: the last line is torn or invalid (${checked.reason}); refusing to ` +
+              `continue the chain. Inspect it with "gatehouse audit verify --file ${abs}", then ` +
+              'repair it or move the file aside to start a new log.',
+          );
+        }
+        seq = checked.line.seq;
+        prev = checked.line.hash;
+      }
+      if (!existed) await syncDir(dir);
+      return new AuditLog(abs, handle, lock, { dev: st.dev, ino: st.ino }, seq, prev, st.size);
+    } catch (err) {
+      await handle?.close().catch(() => undefined);
+      await releaseLock(lock);
+      throw err;
+    }
+  }
+
+  /**
+   * Appends one line; resolves once it is on disk. Appends run one at a time in call order,
+   * so concurrent calls can neither interleave bytes nor fork the chain. A rejection means
+   * the line is not in the log: the caller must fail the call.
+   */
+  append(rec: AuditRecord): Promise<AuditLine> {
+    if (this.closing) return Promise.reject(new Error(`audit log ${this.file} is closed`));
+    const run = this.queue.then(() => this.write(rec));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Waits for pending appends, then closes the file. */
+  close(): Promise<void> {
+    this.closing ??= this.queue.then(async () => {
+      try {
+        await this.handle.close();
+      } finally {
+        await releaseLock(this.lock);
+        OPEN_HERE.delete(this.file);
+      }
+    });
+    return this.closing;
+  }
+
+  private async write(rec: AuditRecord): Promise<AuditLine> {
+    if (this.broken) {
+      throw new AuditIntegrityError(
+        `audit log ${this.file} is unusable after a failed write (${this.broken.message}); restart to re-check it`,
+        { cause: this.broken },
+      );
+    }
+    // Through JSON first: what gets hashed is exactly what a reader will parse back
+    // (Dates become strings, undefined members vanish) and the caller's object stays untouched.
+    const body = JSON.parse(JSON.stringify(rec)) as Record<string, unknown>;
+    delete body.hash;
+    const seq = this.seq + 1;
+    const line: Record<string, unknown> = {
+      ...body,
+      time: new Date().toISOString(),
+      seq,
+      prev: this.prev,
+    };
+    const hash = auditHash(this.prev, line);
+    const full = { ...line, hash } as unknown as AuditLine;
+    const bytes = Buffer.from(canonicalJson(full) + '\n', 'utf8');
+
+    await this.checkFile();
+    let written = false;
+    try {
+      let off = 0;
+      while (off < bytes.length) {
+        const { bytesWritten } = await this.handle.write(bytes, off, bytes.length - off, null);
+        off += bytesWritten;
+      }
+      written = true;
+      await this.handle.datasync();
+    } catch (err) {
+      await this.rollback(err, written);
+      throw err;
+    }
+    this.size += bytes.length;
+    this.seq = seq;
+    this.prev = hash;
+    return full;
+  }
+
+  /** The path must still be our file, at the size we left it: anything else is not ours to extend. */
+  private async checkFile(): Promise<void> {
+    let onDisk;
+    try {
+      onDisk = await stat(this.file);
+    } catch (err) {
+      throw new AuditIntegrityError(
+        `audit log ${this.file} is gone or unreachable (${(err as NodeJS.ErrnoException).code ?? String(err)}); refusing to write`,
+        { cause: err },
+      );
+    }
+    if (onDisk.dev !== this.identity.dev || onDisk.ino !== this.identity.ino) {
+      throw new AuditIntegrityError(
+        `audit log ${this.file} was replaced or moved since it was opened; refusing to write`,
+      );
+    }
+    const st = await this.handle.stat();
+    if (st.size !== this.size) {
+      throw new AuditIntegrityError(
+        `audit log ${this.file} changed size underneath its writer (${this.size} -> ${st.size} bytes): ` +
+          'another writer or an edit; refusing to write',
+      );
+    }
+  }
+
+  /**
+   * A failed write may have left part of a line: cut back to the last whole line so the next
+   * append continues a valid chain. After a failed fsync the kernel may already have dropped
+   * dirty pages, so nothing written since can be trusted: stop appending until a restart.
+   */
+  private async rollback(err: unknown, fsyncFailed: boolean): Promise<void> {
+    const cause = err instanceof Error ? err : new Error(String(err));
+    try {
+      await this.handle.truncate(this.size);
+      await this.handle.datasync();
+    } catch {
+      this.broken = cause;
+      return;
+    }
+    if (fsyncFailed) this.broken = cause;
+  }
+}
+
+/**
+ * Checks the whole chain. Stops at the first problem and names its 1-based line number.
+ * Throws only when the file cannot be read at all (missing, a directory).
+ */
+export async function verifyAuditFile(
+  file: string,
+): Promise<{ ok: true; lines: number } | { ok: false; line: number; reason: string }> {
+  let n = 0;
+  let prev = GENESIS_PREV;
+  for await (const { bytes, complete } of scanLines(file)) {
+    n++;
+    if (!complete) {
+      return {
+        ok: false,
+        line: n,
+        reason: 'torn last line: no trailing newline (interrupted write?)',
+      };
+    }
+    const checked = checkLine(bytes);
+    if ('reason' in checked) return { ok: false, line: n, reason: checked.reason };
+    const { line } = checked;
+    if (line.seq !== n) {
+      return {
+        ok: false,
+        line: n,
+        reason: `seq ${line.seq} where ${n} was expected: a line was removed, inserted or reordered`,
+      };
+    }
+    if (line.prev !== prev) {
+      return {
+        ok: false,
+        line: n,
+        reason:
+          n === 1
+            ? 'prev of the first line is not 64 zeros: the start of the log is missing'
+            : `prev does not match the hash of line ${n - 1}: a line was removed, replaced or reordered`,
+      };
+    }
+    prev = line.hash;
+  }
+  return { ok: true, lines: n };
+}
+
+/**
+ * Parsed audit lines in file order. With `follow`, keeps waiting for new lines until the
+ * signal aborts (then returns normally). This reads; it does not verify (see verifyAuditFile).
+ * An incomplete last line is not yielded: it may be a write in flight.
+ */
+export async function* readAuditLines(
+  file: string,
+  opts: { follow?: boolean; signal?: AbortSignal } = {},
+): AsyncGenerator<AuditLine> {
+  for await (const entry of readAuditEntries(file, opts)) yield entry.line;
+}
+
+/** Like readAuditLines, with the raw text of each line (for `audit tail --json`). */
+export async function* readAuditEntries(
+  file: string,
+  opts: { follow?: boolean; signal?: AbortSignal } = {},
+): AsyncGenerator<{ raw: string; line: AuditLine }> {
+  let n = 0;
+  for await (const { bytes, complete } of scanLines(file, opts)) {
+    n++;
+    if (!complete) return;
+    const raw = bytes.toString('utf8');
+    let value: unknown;
+    try {
+      value = JSON.parse(raw);
+    } catch {
+      throw new Error(`${file}:${n}: not a JSON line`);
+    }
+    if (!isObject(value)) throw new Error(`${file}:${n}: not a JSON object`);
+    yield { raw, line: value as unknown as AuditLine };
+  }
+}
+
+type Checked = { line: AuditLine } | { reason: string };
+
+/** Everything one line can prove about itself: it parses, its hash matches, it is canonical. */
+function checkLine(bytes: Buffer): Checked {
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    return { reason: 'not valid UTF-8' };
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { reason: 'not valid JSON' };
+  }
+  if (!isObject(value)) return { reason: 'not a JSON object' };
+  const { seq, prev, hash } = value;
+  if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) {
+    return { reason: 'missing or malformed seq' };
+  }
+  if (typeof prev !== 'string' || !HEX64.test(prev)) return { reason: 'missing or malformed prev' };
+  if (typeof hash !== 'string' || !HEX64.test(hash)) return { reason: 'missing or malformed hash' };
+  let expected: string;
+  let canonical: string;
+  try {
+    expected = auditHash(prev, value);
+    canonical = canonicalJson(value);
+  } catch {
+    // e.g. a number too large for a double parses as Infinity: no writer produced that.
+    return { reason: 'holds a value the writer cannot produce' };
+  }
+  if (expected !== hash) return { reason: 'hash mismatch: the line was edited' };
+  // Same values, different bytes (reordered keys, duplicate keys, spacing): a rewrite, and a
+  // duplicate key could show one value to one parser and another to the next.
+  if (canonical !== text) return { reason: 'line is not in canonical form: it was rewritten' };
+  return { line: value as unknown as AuditLine };
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** The last line without its newline; null when the file does not end with a newline. */
+async function lastLine(handle: FileHandle, size: number): Promise<Buffer | null> {
+  const one = Buffer.alloc(1);
+  await handle.read(one, 0, 1, size - 1);
+  if (one[0] !== 0x0a) return null;
+  const end = size - 1;
+  const parts: Buffer[] = [];
+  let pos = end;
+  const chunk = Buffer.alloc(64 * 1024);
+  while (pos > 0) {
+    const len = Math.min(chunk.length, pos);
+    pos -= len;
+    const { bytesRead } = await handle.read(chunk, 0, len, pos);
+    const view = chunk.subarray(0, bytesRead);
+    const nl = view.lastIndexOf(0x0a);
+    if (nl !== -1) {
+      parts.unshift(Buffer.from(view.subarray(nl + 1)));
+      break;
+    }
+    parts.unshift(Buffer.from(view));
+  }
+  return Buffer.concat(parts);
+}
+
+/**
+ * One writer per audit file, enforced with `<file>.lock` (pid and host). Two stdio gateways
+ * started by two MCP clients with the same config would otherwise both append; the size check
+ * in `append()` would catch it, but only by failing calls. Failing at start says it plainly.
+ * A lock whose process is gone (a crash) is stale and taken over.
+ */
+async function acquireLock(file: string): Promise<{ file: string; content: string }> {
+  const lockFile = `${file}.lock`;
+  const content = JSON.stringify({
+    pid: process.pid,
+    host: os.hostname(),
+    since: new Date().toISOString(),
+  });
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      await writeFile(lockFile, content, { flag: 'wx', mode: 0o600 });
+      return { file: lockFile, content };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const holder = await readFile(lockFile, 'utf8').then(parseHolder, () => null);
+    if (holder && holderAlive(holder)) {
+      throw new AuditIntegrityError(
+        `audit log ${file} is in use by process ${holder.pid} on ${holder.host} (since ` +
+          `${holder.since}): one gateway process per audit file, so give each its own ` +
+          `audit.file. If that process is gone, delete ${lockFile}.`,
+      );
+    }
+    await unlink(lockFile).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+    });
+  }
+  throw new AuditIntegrityError(`could not take the lock ${lockFile}: it keeps coming back`);
+}
+
+function parseHolder(text: string): { pid: number; host: string; since: string } | null {
+  try {
+    const v = JSON.parse(text) as { pid?: unknown; host?: unknown; since?: unknown };
+    if (typeof v.pid !== 'number' || typeof v.host !== 'string') return null;
+    return { pid: v.pid, host: v.host, since: typeof v.since === 'string' ? v.since : '?' };
+  } catch {
+    return null;
+  }
+}
+
+function holderAlive(h: { pid: number; host: string }): boolean {
+  // Another host's pid cannot be checked from here: assume it is alive.
+  if (h.host !== os.hostname()) return true;
+  // Our own pid: a previous life (containers reuse pid 1); same-process opens are OPEN_HERE's job.
+  if (h.pid === process.pid) return false;
+  try {
+    process.kill(h.pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Removes the lock only if it is still ours. */
+async function releaseLock(lock: { file: string; content: string }): Promise<void> {
+  const now = await readFile(lock.file, 'utf8').catch(() => null);
+  if (now === lock.content) await unlink(lock.file).catch(() => undefined);
+}
+
+/** A new file's directory entry must reach the disk too, or a crash can lose the whole file. */
+async function syncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } catch {
+    // Some file systems refuse fsync on a directory; the file's own data is synced regardless.
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * The lines of a file as bytes, without their newlines. A last piece without a newline comes
+ * with `complete: false` (non-follow mode only; in follow mode it is held until it completes).
+ * With `follow`, polls for growth until the signal aborts. Shared with the recordings reader.
+ */
+export async function* scanLines(
+  file: string,
+  opts: { follow?: boolean; signal?: AbortSignal; pollMs?: number } = {},
+): AsyncGenerator<{ bytes: Buffer; complete: boolean }> {
+  const handle = await open(file, 'r');
+  try {
+    const chunk = Buffer.alloc(64 * 1024);
+    let pending: Buffer[] = [];
+    let pos = 0;
+    for (;;) {
+      if (opts.signal?.aborted) return;
+      const { bytesRead } = await handle.read(chunk, 0, chunk.length, pos);
+      if (bytesRead === 0) {
+        if (!opts.follow) break;
+        if ((await handle.stat()).size < pos) {
+          throw new Error(`${file} shrank while being read: it was truncated or rewritten`);
+        }
+        await sleep(opts.pollMs ?? 200, opts.signal);
+        continue;
+      }
+      pos += bytesRead;
+      const view = chunk.subarray(0, bytesRead);
+      let start = 0;
+      for (let nl = view.indexOf(0x0a); nl !== -1; nl = view.indexOf(0x0a, start)) {
+        pending.push(Buffer.from(view.subarray(start, nl)));
+        yield { bytes: Buffer.concat(pending), complete: true };
+        pending = [];
+        start = nl + 1;
+      }
+      if (start < view.length) pending.push(Buffer.from(view.subarray(start)));
+    }
+    if (pending.length > 0) yield { bytes: Buffer.concat(pending), complete: false };
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Resolves after `ms`, or at once when the signal aborts (never rejects). */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}

@@ -1,0 +1,515 @@
+import { loadModule, parseSync } from 'libpg-query';
+import { GovernanceError } from '../../server/errors.js';
+import {
+  adminFunctionReason,
+  READ_FUNCTIONS,
+  UNKNOWN_FUNCTIONS,
+  WRITE_FUNCTIONS,
+} from './functions.js';
+
+/**
+ * SQL statement classifier: the real PostgreSQL parser (libpg-query, WASM), then a walk over
+ * EVERY node of the parse tree. A statement is as strict as the strictest thing anywhere in
+ * it: DML hidden in a CTE, a file-reading function in FROM or in a subquery, a row lock.
+ * Whatever cannot be proven harmless is `unknown` (allowlist, never a denylist alone).
+ *
+ * Known limits (name-based; the classifier has no catalog access):
+ * - an unqualified name is assumed to resolve to the pg_catalog built-in; a user-defined
+ *   overload or a schema placed before pg_catalog in search_path could shadow it (creating
+ *   one needs DDL, which policy governs);
+ * - operators, casts, views and attribute notation (`c.f` calls f(c), a ColumnRef, not a
+ *   FuncCall) can call user-defined functions; they are treated as read (no built-in volatile
+ *   function takes a single row argument, checked on PostgreSQL 15);
+ * - the read-only session of read pools is the second line of defence for all of these.
+ */
+
+export type SqlOperation = 'read' | 'write' | 'ddl' | 'admin' | 'unknown';
+
+export interface StatementClass {
+  /** The statement's node type, e.g. 'SelectStmt', 'DropStmt'. */
+  kind: string;
+  operation: SqlOperation;
+  tags: string[];
+  /** One line: why this operation, e.g. "statement is ddl (DropStmt)". */
+  reason: string;
+}
+
+export interface SqlClassification {
+  /** The strictest over all statements: admin > unknown > ddl > write > read. */
+  operation: SqlOperation;
+  /** Union of the statements' tags. */
+  tags: string[];
+  statements: StatementClass[];
+  /** The reason of the strictest statement. */
+  reason: string;
+}
+
+const RANK: Record<SqlOperation, number> = { read: 0, write: 1, ddl: 2, unknown: 3, admin: 4 };
+
+/** Strictest of two operations (admin > unknown > ddl > write > read). */
+export function stricter(a: SqlOperation, b: SqlOperation): SqlOperation {
+  return RANK[b] > RANK[a] ? b : a;
+}
+
+/**
+ * Statement node types and their operation. A statement type not listed here is `unknown`
+ * (a newer parser may add types; failing closed is the point).
+ */
+const STATEMENTS: Record<string, SqlOperation> = {
+  SelectStmt: 'read',
+  VariableShowStmt: 'read',
+  // The body of `CREATE FUNCTION ... RETURN expr`; its expression is walked like any other.
+  ReturnStmt: 'read',
+  ExplainStmt: 'read',
+
+  InsertStmt: 'write',
+  UpdateStmt: 'write',
+  DeleteStmt: 'write',
+  MergeStmt: 'write',
+
+  CreateSchemaStmt: 'ddl',
+  AlterTableStmt: 'ddl',
+  ReplicaIdentityStmt: 'ddl',
+  AlterCollationStmt: 'ddl',
+  AlterDomainStmt: 'ddl',
+  CreateStmt: 'ddl',
+  AlterTableMoveAllStmt: 'ddl',
+  CreateForeignTableStmt: 'ddl',
+  ImportForeignSchemaStmt: 'ddl',
+  CreatePolicyStmt: 'ddl',
+  AlterPolicyStmt: 'ddl',
+  CreateTrigStmt: 'ddl',
+  CreateSeqStmt: 'ddl',
+  AlterSeqStmt: 'ddl',
+  DefineStmt: 'ddl',
+  CreateDomainStmt: 'ddl',
+  CreateOpClassStmt: 'ddl',
+  CreateOpFamilyStmt: 'ddl',
+  AlterOpFamilyStmt: 'ddl',
+  DropStmt: 'ddl',
+  TruncateStmt: 'ddl',
+  CommentStmt: 'ddl',
+  SecLabelStmt: 'ddl',
+  IndexStmt: 'ddl',
+  CreateStatsStmt: 'ddl',
+  AlterStatsStmt: 'ddl',
+  CreateFunctionStmt: 'ddl',
+  AlterFunctionStmt: 'ddl',
+  RenameStmt: 'ddl',
+  AlterObjectDependsStmt: 'ddl',
+  AlterObjectSchemaStmt: 'ddl',
+  AlterOperatorStmt: 'ddl',
+  AlterTypeStmt: 'ddl',
+  RuleStmt: 'ddl',
+  CompositeTypeStmt: 'ddl',
+  CreateEnumStmt: 'ddl',
+  CreateRangeStmt: 'ddl',
+  AlterEnumStmt: 'ddl',
+  ViewStmt: 'ddl',
+  CreateTableAsStmt: 'ddl',
+  RefreshMatViewStmt: 'ddl',
+  CreateConversionStmt: 'ddl',
+  CreateCastStmt: 'ddl',
+  CreateTransformStmt: 'ddl',
+  AlterTSDictionaryStmt: 'ddl',
+  AlterTSConfigurationStmt: 'ddl',
+
+  // Transaction control: COMMIT inside a read-only wrapper was the reference server's bypass.
+  TransactionStmt: 'admin',
+  // SET/RESET, SET TRANSACTION, SET ROLE, SET SESSION AUTHORIZATION: session state outlives
+  // the call on a pooled connection.
+  VariableSetStmt: 'admin',
+  ConstraintsSetStmt: 'admin',
+  GrantStmt: 'admin',
+  GrantRoleStmt: 'admin',
+  AlterDefaultPrivilegesStmt: 'admin',
+  AlterOwnerStmt: 'admin',
+  CreateRoleStmt: 'admin',
+  AlterRoleStmt: 'admin',
+  AlterRoleSetStmt: 'admin',
+  DropRoleStmt: 'admin',
+  DropOwnedStmt: 'admin',
+  ReassignOwnedStmt: 'admin',
+  AlterSystemStmt: 'admin',
+  AlterDatabaseStmt: 'admin',
+  AlterDatabaseSetStmt: 'admin',
+  AlterDatabaseRefreshCollStmt: 'admin',
+  CreatedbStmt: 'admin',
+  DropdbStmt: 'admin',
+  CreateTableSpaceStmt: 'admin',
+  DropTableSpaceStmt: 'admin',
+  AlterTableSpaceOptionsStmt: 'admin',
+  CreateExtensionStmt: 'admin',
+  AlterExtensionStmt: 'admin',
+  AlterExtensionContentsStmt: 'admin',
+  CreateFdwStmt: 'admin',
+  AlterFdwStmt: 'admin',
+  CreateForeignServerStmt: 'admin',
+  AlterForeignServerStmt: 'admin',
+  CreateUserMappingStmt: 'admin',
+  AlterUserMappingStmt: 'admin',
+  DropUserMappingStmt: 'admin',
+  CreateAmStmt: 'admin',
+  CreateEventTrigStmt: 'admin',
+  AlterEventTrigStmt: 'admin',
+  CreatePLangStmt: 'admin',
+  CreatePublicationStmt: 'admin',
+  AlterPublicationStmt: 'admin',
+  CreateSubscriptionStmt: 'admin',
+  AlterSubscriptionStmt: 'admin',
+  DropSubscriptionStmt: 'admin',
+  LockStmt: 'admin',
+  VacuumStmt: 'admin',
+  ClusterStmt: 'admin',
+  ReindexStmt: 'admin',
+  CheckPointStmt: 'admin',
+  LoadStmt: 'admin',
+  DiscardStmt: 'admin',
+  ListenStmt: 'admin',
+  UnlistenStmt: 'admin',
+  NotifyStmt: 'admin',
+  // Prepared statements and cursors are session state on a pooled connection: a DELETE
+  // prepared in one call would run in a later call classified only as "EXECUTE".
+  PrepareStmt: 'admin',
+  ExecuteStmt: 'admin',
+  DeallocateStmt: 'admin',
+  DeclareCursorStmt: 'admin',
+  FetchStmt: 'admin',
+  ClosePortalStmt: 'admin',
+  CopyStmt: 'admin',
+
+  // Code the classifier cannot see: a DO body is a string, a procedure's body is elsewhere.
+  DoStmt: 'unknown',
+  CallStmt: 'unknown',
+};
+
+/** Why a statement type is what it is, where "statement is X (Kind)" says too little. */
+const STATEMENT_WHY: Record<string, string> = {
+  TransactionStmt: 'transaction control',
+  VariableSetStmt: 'changes session or transaction settings',
+  ConstraintsSetStmt: 'changes transaction settings',
+  GrantStmt: 'changes privileges',
+  GrantRoleStmt: 'changes role membership',
+  AlterOwnerStmt: 'changes ownership, a privilege change',
+  LockStmt: 'locks tables',
+  ListenStmt: 'registers for notifications on the session',
+  NotifyStmt: 'sends a message to other sessions',
+  PrepareStmt: 'creates a prepared statement that outlives the call',
+  ExecuteStmt: 'runs a prepared statement the classifier cannot see',
+  DeclareCursorStmt: 'opens a cursor that can outlive the call',
+  DoStmt: 'runs an anonymous code block the classifier cannot see',
+  CallStmt: 'calls a procedure whose body the classifier cannot see',
+  TruncateStmt: 'removes every row',
+};
+
+/** Object types that are cluster-level or load code: dropping or renaming them is admin. */
+const ADMIN_OBJECTS = new Set([
+  'OBJECT_ROLE',
+  'OBJECT_DATABASE',
+  'OBJECT_TABLESPACE',
+  'OBJECT_EXTENSION',
+  'OBJECT_EVENT_TRIGGER',
+  'OBJECT_FDW',
+  'OBJECT_FOREIGN_SERVER',
+  'OBJECT_USER_MAPPING',
+  'OBJECT_PUBLICATION',
+  'OBJECT_SUBSCRIPTION',
+  'OBJECT_LANGUAGE',
+  'OBJECT_ACCESS_METHOD',
+]);
+
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function str(v: unknown): string {
+  return typeof v === 'string' ? v : '';
+}
+
+/** Accumulates the strictest finding for one statement; the first reason wins a tie. */
+class Finding {
+  operation: SqlOperation = 'read';
+  reason = '';
+  readonly tags = new Set<string>();
+
+  raise(op: SqlOperation, reason: string): void {
+    if (this.reason === '' || RANK[op] > RANK[this.operation]) {
+      this.operation = op;
+      this.reason = reason;
+    }
+  }
+}
+
+/** One node to visit: `executes` is false under a plain EXPLAIN (planned, not run). */
+interface Work {
+  value: unknown;
+  executes: boolean;
+  /** Prefix for reasons, e.g. "EXPLAIN ANALYZE runs it: ". */
+  via: string;
+}
+
+const FALSE_WORDS = /^(f|fa|fal|fals|false|n|no|of|off|0)$/i;
+
+/**
+ * EXPLAIN runs the statement when ANALYZE is on. Any analyze option that is not an explicit
+ * false counts (`EXPLAIN (ANALYZE false, ANALYZE) DELETE` must not slip through).
+ */
+function explainAnalyzes(options: unknown): boolean {
+  if (!Array.isArray(options)) return false;
+  return options.some((o) => {
+    const d = isObj(o) ? o.DefElem : undefined;
+    if (!isObj(d) || str(d.defname).toLowerCase() !== 'analyze') return false;
+    const arg = d.arg;
+    if (!isObj(arg)) return true;
+    if (isObj(arg.String)) return !FALSE_WORDS.test(str(arg.String.sval));
+    if (isObj(arg.Integer)) return Number(arg.Integer.ival ?? 0) !== 0;
+    if (isObj(arg.Boolean)) return arg.Boolean.boolval === true;
+    return true;
+  });
+}
+
+/** Deep equality ignoring `location`, for "WHERE 1 = 1"-style conditions. */
+function sameTree(a: unknown, b: unknown): boolean {
+  const strip = (v: unknown): string =>
+    JSON.stringify(v, (k, val: unknown) => (k === 'location' ? undefined : val));
+  return strip(a) === strip(b);
+}
+
+/**
+ * A WHERE that matches every row: `WHERE true`, `WHERE 1 = 1`, `WHERE id = id`, or an OR
+ * with such an arm. Dodging the "no WHERE" check this way still gets the unbounded tag.
+ */
+function triviallyTrue(where: unknown): boolean {
+  if (!isObj(where)) return false;
+  const c = where.A_Const;
+  if (isObj(c) && isObj(c.boolval)) return c.boolval.boolval === true;
+  const e = where.A_Expr;
+  if (isObj(e) && e.kind === 'AEXPR_OP' && Array.isArray(e.name) && e.name.length === 1) {
+    const op = isObj(e.name[0]) && isObj(e.name[0].String) ? e.name[0].String.sval : undefined;
+    if ((op === '=' || op === '>=' || op === '<=') && sameTree(e.lexpr, e.rexpr)) return true;
+  }
+  const b = where.BoolExpr;
+  if (isObj(b) && b.boolop === 'OR_EXPR' && Array.isArray(b.args))
+    return b.args.some(triviallyTrue);
+  return false;
+}
+
+function funcName(funcname: unknown): string[] {
+  if (!Array.isArray(funcname)) return [];
+  return funcname.map((p) => (isObj(p) && isObj(p.String) ? str(p.String.sval) : ''));
+}
+
+/** A function call's operation; `read` only for allowlisted pg_catalog built-ins. */
+export function classifyFunction(parts: string[]): { operation: SqlOperation; reason: string } {
+  const name = parts[parts.length - 1] ?? '';
+  const shown = `${parts.join('.')}()`;
+  // Deny lists match case-insensitively and in any schema: `"PG_READ_FILE"` or
+  // `ext.dblink_exec` must not get past by spelling or by schema.
+  const lower = name.toLowerCase();
+  const admin = adminFunctionReason(lower);
+  if (admin !== undefined) return { operation: 'admin', reason: `calls ${shown}, which ${admin}` };
+  const write = WRITE_FUNCTIONS.get(lower);
+  if (write !== undefined) return { operation: 'write', reason: `calls ${shown}, which ${write}` };
+  const unknown = UNKNOWN_FUNCTIONS.get(lower);
+  if (unknown !== undefined)
+    return { operation: 'unknown', reason: `calls ${shown}, which ${unknown}` };
+  // Any schema other than pg_catalog may hold a user function named like a built-in.
+  const schemaOk = parts.length === 1 || (parts.length === 2 && parts[0] === 'pg_catalog');
+  if (schemaOk && READ_FUNCTIONS.has(name)) return { operation: 'read', reason: '' };
+  return {
+    operation: 'unknown',
+    reason: schemaOk
+      ? `calls ${shown}, which is not a known read-only built-in`
+      : `calls ${shown}, a function outside pg_catalog`,
+  };
+}
+
+/** Classify one top-level statement node ({ SelectStmt: {...} }) by walking all of it. */
+function classifyStatement(stmt: Obj): StatementClass {
+  const kind = Object.keys(stmt)[0] ?? 'unknown';
+  const finding = new Finding();
+  // Iterative walk: a deeply nested statement must not overflow the JS stack.
+  const stack: Work[] = [{ value: stmt, executes: true, via: '' }];
+  let top = true;
+  while (stack.length > 0) {
+    const { value, executes, via } = stack.pop() as Work;
+    if (Array.isArray(value)) {
+      for (const v of value) stack.push({ value: v, executes, via });
+      continue;
+    }
+    if (!isObj(value)) continue;
+
+    // Keys seen on any object, wrapped or not: a set operation's left SELECT carries its
+    // INTO unwrapped (`SELECT * INTO t FROM a UNION SELECT * FROM b`).
+    if (executes && isObj(value.intoClause))
+      finding.raise('ddl', `${via}SELECT INTO creates a table`);
+    if (executes && Array.isArray(value.lockingClause) && value.lockingClause.length > 0)
+      finding.raise('write', `${via}FOR UPDATE/SHARE locks rows`);
+
+    for (const [key, child] of Object.entries(value)) {
+      // Node wrappers are the only PascalCase keys ({ FuncCall: {...} }); fields are camel/snake.
+      if (!/^[A-Z]/.test(key) || !isObj(child)) {
+        stack.push({ value: child, executes, via });
+        continue;
+      }
+      const isTop = top && value === stmt;
+      visitNode(key, child, { executes, via }, isTop, finding, stack);
+    }
+    top = false;
+  }
+  if (finding.reason === '') finding.raise('read', `statement is read (${kind})`);
+  return {
+    kind,
+    operation: finding.operation,
+    tags: [...finding.tags].sort(),
+    reason: finding.reason,
+  };
+}
+
+function visitNode(
+  type: string,
+  node: Obj,
+  ctx: { executes: boolean; via: string },
+  isTop: boolean,
+  finding: Finding,
+  stack: Work[],
+): void {
+  const { executes, via } = ctx;
+
+  if (type === 'FuncCall') {
+    const f = classifyFunction(funcName(node.funcname));
+    // Functions count even under plain EXPLAIN: the planner folds immutable and estimates
+    // stable calls, so `EXPLAIN SELECT f()` can run f.
+    if (f.operation !== 'read') finding.raise(f.operation, via + f.reason);
+    stack.push({ value: node, executes, via });
+    return;
+  }
+
+  if (type === 'ExplainStmt') {
+    const analyze = explainAnalyzes(node.options);
+    if (isTop) finding.raise('read', 'statement is read (ExplainStmt): EXPLAIN without ANALYZE');
+    stack.push({
+      value: node.query,
+      executes: executes && analyze,
+      via: analyze ? `${via}EXPLAIN ANALYZE runs it: ` : via,
+    });
+    return;
+  }
+
+  if (type in STATEMENTS || type.endsWith('Stmt')) {
+    if (executes) {
+      const { operation, reason } = statementOperation(type, node, isTop);
+      finding.raise(operation, via + reason);
+      if ((type === 'UpdateStmt' || type === 'DeleteStmt') && unbounded(node))
+        finding.tags.add('unbounded');
+      if (type === 'TruncateStmt') finding.tags.add('unbounded');
+    }
+    if (type === 'CallStmt' && isObj(node.funccall)) {
+      // CALL's target is an unwrapped FuncCall; an admin-named procedure is still admin.
+      const f = classifyFunction(funcName(node.funccall.funcname));
+      if (f.operation === 'admin') finding.raise('admin', via + f.reason);
+    }
+    stack.push({ value: node, executes, via });
+    return;
+  }
+
+  // ALTER TABLE ... OWNER TO hands over every privilege on the table, like GRANT.
+  if (type === 'AlterTableCmd' && node.subtype === 'AT_ChangeOwner' && executes)
+    finding.raise('admin', `${via}ALTER ... OWNER TO changes ownership, a privilege change`);
+
+  stack.push({ value: node, executes, via });
+}
+
+function unbounded(node: Obj): boolean {
+  return node.whereClause === undefined || triviallyTrue(node.whereClause);
+}
+
+function statementOperation(
+  type: string,
+  node: Obj,
+  isTop: boolean,
+): { operation: SqlOperation; reason: string } {
+  let operation: SqlOperation = STATEMENTS[type] ?? 'unknown';
+  let why = STATEMENT_WHY[type];
+
+  if (type === 'CopyStmt') {
+    if (node.is_program === true) why = 'COPY ... PROGRAM runs a shell command on the server';
+    else if (typeof node.filename === 'string') why = 'COPY reads or writes a server file';
+    else if (node.is_from === true) why = 'COPY FROM loads rows through the copy protocol';
+    else {
+      // COPY table|(query) TO STDOUT only reads; the query itself is walked like any other.
+      operation = 'read';
+      why = 'COPY TO STDOUT reads';
+    }
+  } else if (type === 'DropStmt' && ADMIN_OBJECTS.has(str(node.removeType))) {
+    operation = 'admin';
+    why = `drops a cluster-level or code-loading object (${str(node.removeType)})`;
+  } else if (
+    (type === 'RenameStmt' && ADMIN_OBJECTS.has(str(node.renameType))) ||
+    (type === 'AlterObjectSchemaStmt' && ADMIN_OBJECTS.has(str(node.objectType)))
+  ) {
+    operation = 'admin';
+    why = 'alters a cluster-level or code-loading object';
+  } else if (type === 'VacuumStmt') {
+    why = node.is_vacuumcmd === true ? 'VACUUM' : 'ANALYZE writes statistics';
+  }
+
+  const base = isTop ? `statement is ${operation} (${type})` : `contains ${type} (${operation})`;
+  return { operation, reason: why === undefined ? base : `${base}: ${why}` };
+}
+
+let loading: Promise<void> | undefined;
+
+/** Load the WASM parser once, on first use; a failed load is retried on the next call. */
+async function ensureParser(): Promise<void> {
+  loading ??= loadModule().catch((err: unknown) => {
+    loading = undefined;
+    throw err;
+  });
+  await loading;
+}
+
+function invalid(position: number, message: string, cause?: unknown): GovernanceError {
+  return new GovernanceError('INVALID_INPUT', `syntax error at position ${position}: ${message}`, {
+    cause,
+  });
+}
+
+/**
+ * Parse and classify a SQL string (one or more statements). A syntax error or an input with
+ * no statement throws GovernanceError('INVALID_INPUT', 'syntax error at position N: ...'),
+ * N counted in characters from 1, as PostgreSQL reports positions.
+ */
+export async function classifySql(sql: string): Promise<SqlClassification> {
+  // The WASM parser reads a C string: everything after a NUL would be invisible to it.
+  const nul = sql.indexOf('\0');
+  if (nul >= 0) throw invalid(nul + 1, 'NUL character in the statement');
+  if (sql.trim() === '') throw invalid(1, 'no statement (empty or only comments)');
+
+  await ensureParser();
+  let parsed: { stmts?: Array<{ stmt?: unknown }> };
+  try {
+    parsed = parseSync(sql);
+  } catch (err) {
+    const details = (err as { sqlDetails?: { message?: string; cursorPosition?: number } })
+      .sqlDetails;
+    if (details && typeof details.cursorPosition === 'number') {
+      throw invalid(details.cursorPosition + 1, details.message ?? 'syntax error', err);
+    }
+    // No parser position (e.g. a tree too deep to return): refuse rather than guess.
+    throw invalid(1, 'statement could not be parsed', err);
+  }
+
+  const statements = (parsed.stmts ?? []).map((s) => {
+    if (!isObj(s.stmt)) throw invalid(1, 'statement could not be parsed');
+    return classifyStatement(s.stmt);
+  });
+  if (statements.length === 0) throw invalid(1, 'no statement (empty or only comments)');
+
+  let strictest = statements[0] as StatementClass;
+  for (const s of statements) if (RANK[s.operation] > RANK[strictest.operation]) strictest = s;
+  const tags = [...new Set(statements.flatMap((s) => s.tags))].sort();
+  return { operation: strictest.operation, tags, statements, reason: strictest.reason };
+}
