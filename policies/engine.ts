@@ -63,7 +63,10 @@ export interface Decision {
 const STRICTNESS: Record<Effect, number> = { allow: 0, approve: 1, deny: 2 };
 
 export class PolicyEngine {
-  private readonly compiled: Array<{ rule: Rule; test: (facts: CallFacts, part: CallPart) => boolean }>;
+  private readonly compiled: Array<{
+    rule: Rule;
+    test: (facts: CallFacts, part: CallPart) => boolean;
+  }>;
 
   constructor(readonly rules: readonly Rule[]) {
     this.compiled = rules.map((rule) => ({ rule, test: compileMatch(rule.match) }));
@@ -81,7 +84,9 @@ export class PolicyEngine {
         operation,
       };
     }
-    let worst: { effect: Effect; rule: string; reason: string; approval?: Approval & { rule: string } } | undefined;
+    let worst:
+      | { effect: Effect; rule: string; reason: string; approval?: Approval & { rule: string } }
+      | undefined;
     const contributing: Rule[] = [];
     for (const part of facts.parts) {
       const matching = this.compiled.filter((c) => c.test(facts, part)).map((c) => c.rule);
@@ -102,7 +107,8 @@ export class PolicyEngine {
             reason: `no rule allows ${facts.tool} ${part.operation}${facts.target ? ` on ${facts.target}` : ''} (${part.reason})`,
           };
       contributing.push(...matching.filter((r) => r.effect !== 'deny'));
-      if (!worst || STRICTNESS[partDecision.effect] > STRICTNESS[worst.effect]) worst = partDecision;
+      if (!worst || STRICTNESS[partDecision.effect] > STRICTNESS[worst.effect])
+        worst = partDecision;
     }
     // worst is set: parts is non-empty.
     const final = worst!;
@@ -115,9 +121,19 @@ export class PolicyEngine {
   }
 
   /** Operations this principal may use on a target with a tool (for list_targets). */
-  allowedOperations(principal: Principal, tool: string, target: string, candidates: readonly string[]): string[] {
+  allowedOperations(
+    principal: Principal,
+    tool: string,
+    target: string,
+    candidates: readonly string[],
+  ): string[] {
     return candidates.filter((operation) => {
-      const d = this.decide({ principal, tool, target, parts: [{ operation, tags: [], reason: operation }] });
+      const d = this.decide({
+        principal,
+        tool,
+        target,
+        parts: [{ operation, tags: [], reason: operation }],
+      });
       return d.effect !== 'deny';
     });
   }
@@ -130,9 +146,18 @@ function mergeLimits(list: ReadonlyArray<Limits | undefined>): ResolvedLimits {
     return set.length ? Math.min(...set) : fallback;
   };
   return {
-    maxRows: pick(list.map((l) => l?.maxRows), DEFAULT_LIMITS.maxRows),
-    timeoutMs: pick(list.map((l) => l?.timeout), DEFAULT_LIMITS.timeoutMs),
-    maxOutputBytes: pick(list.map((l) => l?.maxOutputBytes), DEFAULT_LIMITS.maxOutputBytes),
+    maxRows: pick(
+      list.map((l) => l?.maxRows),
+      DEFAULT_LIMITS.maxRows,
+    ),
+    timeoutMs: pick(
+      list.map((l) => l?.timeout),
+      DEFAULT_LIMITS.timeoutMs,
+    ),
+    maxOutputBytes: pick(
+      list.map((l) => l?.maxOutputBytes),
+      DEFAULT_LIMITS.maxOutputBytes,
+    ),
   };
 }
 
@@ -169,7 +194,10 @@ function compileMatch(match: Match): (facts: CallFacts, part: CallPart) => boole
     const p = facts.principal;
     if (subjects && !subjects(p.sub)) return false;
     if (match.groups && !match.groups.some((g) => p.groups.includes(g))) return false;
-    if (match.claims && !Object.entries(match.claims).every(([k, v]) => claimMatches(getPath(p.claims, k), v))) {
+    if (
+      match.claims &&
+      !Object.entries(match.claims).every(([k, v]) => claimMatches(getPath(p.claims, k), v))
+    ) {
       return false;
     }
     if (tools && !tools(facts.tool)) return false;

@@ -17,7 +17,10 @@ export interface PolicySet {
  * Load every policy file the config names. All problems are collected (not just the first),
  * each as `file:line:col: message`, so `gatehouse policy check` shows them in one pass.
  */
-export async function loadPolicies(patterns: readonly string[], configFile: string): Promise<PolicySet> {
+export async function loadPolicies(
+  patterns: readonly string[],
+  configFile: string,
+): Promise<PolicySet> {
   const issues: string[] = [];
   const files: string[] = [];
   for (const pattern of patterns) {
@@ -46,13 +49,19 @@ export async function loadPolicies(patterns: readonly string[], configFile: stri
     value.rules.forEach((rule, i) => {
       const where = locate(['rules', i, 'id']);
       const seen = ruleWhere.get(rule.id);
-      if (seen) issues.push(`${where}: rules.${i}.id: duplicate rule id "${rule.id}" (first defined at ${seen})`);
+      if (seen)
+        issues.push(
+          `${where}: rules.${i}.id: duplicate rule id "${rule.id}" (first defined at ${seen})`,
+        );
       else ruleWhere.set(rule.id, where);
       rules.push(rule);
-      (rule.mask ?? []).forEach((name, j) => maskRefs.push({ name, where: `${locate(['rules', i, 'mask', j])}: rules.${i}.mask.${j}` }));
+      (rule.mask ?? []).forEach((name, j) =>
+        maskRefs.push({ name, where: `${locate(['rules', i, 'mask', j])}: rules.${i}.mask.${j}` }),
+      );
     });
     for (const [name, profile] of Object.entries(value.masking)) {
-      if (profiles[name]) issues.push(`${locate(['masking', name])}: masking.${name}: defined twice`);
+      if (profiles[name])
+        issues.push(`${locate(['masking', name])}: masking.${name}: defined twice`);
       profiles[name] = profile;
     }
     value.tests.forEach((test, i) => tests.push({ file, test, where: locate(['tests', i]) }));

@@ -19,7 +19,9 @@ const Strings = z.array(z.string().min(1)).min(1);
 export const Match = z.strictObject({
   subjects: Strings.optional(),
   groups: Strings.optional(),
-  claims: z.record(z.string(), z.union([z.string(), z.number(), z.boolean(), z.array(z.string())])).optional(),
+  claims: z
+    .record(z.string(), z.union([z.string(), z.number(), z.boolean(), z.array(z.string())]))
+    .optional(),
   tools: Strings.optional(),
   targets: Strings.optional(),
   operations: Strings.optional(),
@@ -60,15 +62,32 @@ export const Rule = z
   })
   .superRefine((rule, ctx) => {
     if (rule.effect === 'approve' && !rule.approval) {
-      ctx.addIssue({ code: 'custom', path: ['approval'], message: 'effect approve needs an approval block' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['approval'],
+        message: 'effect approve needs an approval block',
+      });
     }
     if (rule.effect !== 'approve' && rule.approval) {
-      ctx.addIssue({ code: 'custom', path: ['approval'], message: 'approval is only meaningful with effect approve' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['approval'],
+        message: 'approval is only meaningful with effect approve',
+      });
     }
   });
 export type Rule = z.infer<typeof Rule>;
 
-export const DETECTORS = ['email', 'credit_card', 'ssn', 'iban', 'phone', 'jwt', 'aws_key', 'private_key'] as const;
+export const DETECTORS = [
+  'email',
+  'credit_card',
+  'ssn',
+  'iban',
+  'phone',
+  'jwt',
+  'aws_key',
+  'private_key',
+] as const;
 
 export const MaskProfileSchema = z.strictObject({
   detectors: z.array(z.enum(DETECTORS)).default([]),
@@ -84,7 +103,10 @@ export const PolicyTest = z.strictObject({
     claims: z.record(z.string(), z.unknown()).optional(),
   }),
   call: z.strictObject({ tool: z.string().min(1), input: z.record(z.string(), z.unknown()) }),
-  expect: z.strictObject({ effect: z.enum(['allow', 'deny', 'approve']), rule: z.string().optional() }),
+  expect: z.strictObject({
+    effect: z.enum(['allow', 'deny', 'approve']),
+    rule: z.string().optional(),
+  }),
 });
 export type PolicyTest = z.infer<typeof PolicyTest>;
 

@@ -2,7 +2,13 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { auditTail, auditVerify, recordingsList, recordingsReplay, recordingsShow } from '../recordings/commands.js';
+import {
+  auditTail,
+  auditVerify,
+  recordingsList,
+  recordingsReplay,
+  recordingsShow,
+} from '../recordings/commands.js';
 import { PostgresPools } from '../tools/postgres/pool.js';
 import { createTools } from '../tools/registry.js';
 import { loadConfig } from './config.js';
@@ -38,7 +44,11 @@ class UsageError extends Error {}
 
 const io = { out: process.stdout, err: process.stderr };
 
-function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T, positionals = false) {
+function parse<T extends NonNullable<ParseArgsConfig['options']>>(
+  args: string[],
+  options: T,
+  positionals = false,
+) {
   try {
     return parseArgs({ args, options, strict: true, allowPositionals: positionals });
   } catch (err) {
@@ -59,17 +69,26 @@ async function main(argv: string[]): Promise<number> {
         'token-file': { type: 'string' },
       });
       if (values.transport !== 'stdio') {
-        throw new UsageError(`transport ${values.transport} is not available yet; use --transport stdio`);
+        throw new UsageError(
+          `transport ${values.transport} is not available yet; use --transport stdio`,
+        );
       }
       const tokenFile = values['token-file'];
       // The token is read again on every call, so a rotated token file takes effect at once.
-      const token = tokenFile ? () => readToken(tokenFile) : () => process.env.GATEHOUSE_TOKEN?.trim() || undefined;
+      const token = tokenFile
+        ? () => readToken(tokenFile)
+        : () => process.env.GATEHOUSE_TOKEN?.trim() || undefined;
       return serveStdio(values.config, token);
     }
     case 'demo': {
-      const { values } = parse(rest, { transport: { type: 'string', default: 'stdio' }, listen: { type: 'string' } });
+      const { values } = parse(rest, {
+        transport: { type: 'string', default: 'stdio' },
+        listen: { type: 'string' },
+      });
       if (values.transport !== 'stdio') {
-        throw new UsageError(`transport ${values.transport} is not available yet; use --transport stdio`);
+        throw new UsageError(
+          `transport ${values.transport} is not available yet; use --transport stdio`,
+        );
       }
       return runDemo();
     }
@@ -82,7 +101,8 @@ async function main(argv: string[]): Promise<number> {
       });
       if (!values.sub) throw new UsageError('token needs --sub');
       const ttlMs = parseDuration(values.ttl);
-      if (ttlMs === undefined) throw new UsageError(`--ttl ${values.ttl} is not a duration (e.g. 15m, 1h)`);
+      if (ttlMs === undefined)
+        throw new UsageError(`--ttl ${values.ttl} is not a duration (e.g. 15m, 1h)`);
       const config = await loadConfig(values.config);
       const dev = config.identity.devIssuer;
       if (!dev) throw new ConfigError(`${config.file}: identity.devIssuer is not configured`);
@@ -103,7 +123,9 @@ async function main(argv: string[]): Promise<number> {
     case 'recordings':
       return recordingsCommand(rest);
     case 'approvals':
-      io.err.write('gatehouse approvals: out-of-band approvals are not implemented in this version; calls whose rule says "approve" are refused with APPROVAL_UNAVAILABLE\n');
+      io.err.write(
+        'gatehouse approvals: out-of-band approvals are not implemented in this version; calls whose rule says "approve" are refused with APPROVAL_UNAVAILABLE\n',
+      );
       return 2;
     case undefined:
     case 'help':
@@ -155,15 +177,24 @@ async function policyCommand(args: string[]): Promise<number> {
       let passed = 0;
       let failed = 0;
       for (const { test, where } of cases) {
-        const principal = { sub: test.identity.sub, groups: test.identity.groups, claims: test.identity.claims ?? {} };
+        const principal = {
+          sub: test.identity.sub,
+          groups: test.identity.groups,
+          claims: test.identity.claims ?? {},
+        };
         let got: { effect: string; rule: string; reason: string };
         try {
-          got = await explainCall(tools, policies.engine, principal, { tool: test.call.tool, input: test.call.input });
+          got = await explainCall(tools, policies.engine, principal, {
+            tool: test.call.tool,
+            input: test.call.input,
+          });
         } catch (err) {
           if (!(err instanceof GovernanceError)) throw err;
           got = { effect: 'error', rule: '-', reason: `${err.code}: ${err.message}` };
         }
-        const ok = got.effect === test.expect.effect && (test.expect.rule === undefined || test.expect.rule === got.rule);
+        const ok =
+          got.effect === test.expect.effect &&
+          (test.expect.rule === undefined || test.expect.rule === got.rule);
         if (ok) {
           passed++;
           io.out.write(`ok - ${test.name}\n`);
@@ -195,7 +226,8 @@ async function policyCommand(args: string[]): Promise<number> {
       } catch {
         throw new UsageError('--input is not valid JSON');
       }
-      if (!input || typeof input !== 'object' || Array.isArray(input)) throw new UsageError('--input must be a JSON object');
+      if (!input || typeof input !== 'object' || Array.isArray(input))
+        throw new UsageError('--input must be a JSON object');
       const { policies } = await loadGateway(values.config);
       const tools = createTools(new PostgresPools());
       try {
@@ -221,7 +253,11 @@ async function policyCommand(args: string[]): Promise<number> {
 async function loadTestsFrom(files: string[]) {
   const { loadYamlFile } = await import('./yaml.js');
   const { PolicyFile } = await import('../policies/schema.js');
-  const out: Array<{ file: string; test: import('../policies/schema.js').PolicyTest; where: string }> = [];
+  const out: Array<{
+    file: string;
+    test: import('../policies/schema.js').PolicyTest;
+    where: string;
+  }> = [];
   for (const file of files) {
     const { value, locate } = await loadYamlFile(file, PolicyFile);
     value.tests.forEach((test, i) => out.push({ file, test, where: locate(['tests', i]) }));
@@ -230,8 +266,12 @@ async function loadTestsFrom(files: string[]) {
 }
 
 /** Audit and recordings commands read files only; a config is needed only to find them. */
-async function configuredPath(configFile: string, pick: (c: Awaited<ReturnType<typeof loadConfig>>) => string) {
-  if (!existsSync(configFile)) throw new UsageError(`no config at ${configFile}; pass --config or --file`);
+async function configuredPath(
+  configFile: string,
+  pick: (c: Awaited<ReturnType<typeof loadConfig>>) => string,
+) {
+  if (!existsSync(configFile))
+    throw new UsageError(`no config at ${configFile}; pass --config or --file`);
   return pick(await loadConfig(configFile));
 }
 
@@ -276,7 +316,11 @@ async function auditCommand(args: string[]): Promise<number> {
 
 async function recordingsCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
-  const { values, positionals } = parse(rest, { ...configOpt, dir: { type: 'string' }, speed: { type: 'string', default: '1' } }, true);
+  const { values, positionals } = parse(
+    rest,
+    { ...configOpt, dir: { type: 'string' }, speed: { type: 'string', default: '1' } },
+    true,
+  );
   const dir = values.dir ?? (await configuredPath(values.config, (c) => c.recordings.dir));
   const id = positionals[0];
   switch (sub) {
@@ -288,7 +332,8 @@ async function recordingsCommand(args: string[]): Promise<number> {
     case 'replay': {
       if (!id) throw new UsageError('recordings replay ID [--speed N]');
       const speed = Number(values.speed);
-      if (!Number.isFinite(speed) || speed < 0) throw new UsageError('--speed takes a number >= 0 (0: no pauses)');
+      if (!Number.isFinite(speed) || speed < 0)
+        throw new UsageError('--speed takes a number >= 0 (0: no pauses)');
       const controller = new AbortController();
       process.once('SIGINT', () => controller.abort());
       return recordingsReplay(dir, id, { speed, signal: controller.signal }, io);

@@ -14,26 +14,43 @@ import { loadYamlFile } from './yaml.js';
 const literalSecretMessage =
   'a secret must be a reference ({ env: NAME } or { file: PATH }), never a literal value';
 
-export const SecretRef = z.union([z.strictObject({ env: z.string().min(1) }), z.strictObject({ file: z.string().min(1) })], {
-  error: (issue) =>
-    typeof issue.input === 'string' || typeof issue.input === 'number'
-      ? literalSecretMessage
-      : 'expected { env: NAME } or { file: PATH }',
-});
+export const SecretRef = z.union(
+  [z.strictObject({ env: z.string().min(1) }), z.strictObject({ file: z.string().min(1) })],
+  {
+    error: (issue) =>
+      typeof issue.input === 'string' || typeof issue.input === 'number'
+        ? literalSecretMessage
+        : 'expected { env: NAME } or { file: PATH }',
+  },
+);
 export type SecretRef = z.infer<typeof SecretRef>;
 
 export const Duration = z.string().transform((text, ctx) => {
   const ms = parseDuration(text);
   if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration (e.g. 500ms, 10s, 5m, 1h)` });
+    ctx.addIssue({
+      code: 'custom',
+      message: `"${text}" is not a duration (e.g. 500ms, 10s, 5m, 1h)`,
+    });
     return z.NEVER;
   }
   return ms;
 });
 
 const ALGORITHMS = [
-  'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA',
-  'HS256', 'HS384', 'HS512',
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+  'HS256',
+  'HS384',
+  'HS512',
 ] as const;
 
 const Identity = z
@@ -64,10 +81,18 @@ const Identity = z
   })
   .superRefine((id, ctx) => {
     if (!id.issuer && !id.devIssuer) {
-      ctx.addIssue({ code: 'custom', path: ['issuer'], message: 'required unless only devIssuer is used' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['issuer'],
+        message: 'required unless only devIssuer is used',
+      });
     }
     if (id.issuer && !id.jwks) {
-      ctx.addIssue({ code: 'custom', path: ['jwks'], message: 'required when issuer is set (URL or file of a JWKS)' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['jwks'],
+        message: 'required when issuer is set (URL or file of a JWKS)',
+      });
     }
     const hs = id.algorithms.filter((a) => a.startsWith('HS'));
     if (hs.length > 0 && !id.hmacSecret) {
@@ -79,7 +104,9 @@ const Identity = z
     }
   });
 
-const TargetName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'target names are letters, digits, . _ -');
+const TargetName = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'target names are letters, digits, . _ -');
 
 const PostgresTarget = z.strictObject({
   kind: z.literal('postgres'),
@@ -102,7 +129,9 @@ const SshTarget = z.strictObject({
   port: z.number().int().min(1).max(65535).default(22),
   user: z.string().min(1),
   privateKey: SecretRef,
-  hostKey: z.string().regex(/^(ssh-|ecdsa-)\S+ \S+/, 'hostKey is a public key line such as "ssh-ed25519 AAAA..."'),
+  hostKey: z
+    .string()
+    .regex(/^(ssh-|ecdsa-)\S+ \S+/, 'hostKey is a public key line such as "ssh-ed25519 AAAA..."'),
 });
 
 const KubernetesTarget = z.strictObject({
@@ -122,11 +151,15 @@ export const ConfigSchema = z.strictObject({
   identity: Identity,
   targets: z.record(TargetName, Target).default({}),
   policies: z.array(z.string().min(1)).default(['./policies/*.yaml']),
-  audit: z.strictObject({ file: z.string().min(1).default('.gatehouse/audit.jsonl') }).default({ file: '.gatehouse/audit.jsonl' }),
+  audit: z
+    .strictObject({ file: z.string().min(1).default('.gatehouse/audit.jsonl') })
+    .default({ file: '.gatehouse/audit.jsonl' }),
   recordings: z
     .strictObject({ dir: z.string().min(1).default('.gatehouse/recordings') })
     .default({ dir: '.gatehouse/recordings' }),
-  state: z.strictObject({ file: z.string().min(1).default('.gatehouse/state.json') }).default({ file: '.gatehouse/state.json' }),
+  state: z
+    .strictObject({ file: z.string().min(1).default('.gatehouse/state.json') })
+    .default({ file: '.gatehouse/state.json' }),
 });
 
 type RawConfig = z.output<typeof ConfigSchema>;
@@ -154,10 +187,14 @@ export async function loadConfig(file: string): Promise<GatehouseConfig> {
   const dir = path.dirname(abs);
   const { value } = await loadYamlFile(abs, ConfigSchema);
   const targets: Record<string, TargetConfig> = {};
-  for (const [name, t] of Object.entries(value.targets)) targets[name] = Object.freeze({ ...t, name });
+  for (const [name, t] of Object.entries(value.targets))
+    targets[name] = Object.freeze({ ...t, name });
   const identity = {
     ...value.identity,
-    jwks: value.identity.jwks && !/^https?:\/\//.test(value.identity.jwks) ? resolvePath(dir, value.identity.jwks) : value.identity.jwks,
+    jwks:
+      value.identity.jwks && !/^https?:\/\//.test(value.identity.jwks)
+        ? resolvePath(dir, value.identity.jwks)
+        : value.identity.jwks,
     devIssuer: value.identity.devIssuer && {
       ...value.identity.devIssuer,
       keyFile: resolvePath(dir, value.identity.devIssuer.keyFile),
@@ -179,7 +216,11 @@ export async function loadConfig(file: string): Promise<GatehouseConfig> {
  * Resolve a secret reference at the last moment. The value is returned to the caller that
  * needs it and never logged; errors name the reference, not the value.
  */
-export async function resolveSecret(ref: SecretRef, baseDir: string, what: string): Promise<string> {
+export async function resolveSecret(
+  ref: SecretRef,
+  baseDir: string,
+  what: string,
+): Promise<string> {
   if ('env' in ref) {
     const v = process.env[ref.env];
     if (v === undefined || v === '') {
@@ -192,7 +233,9 @@ export async function resolveSecret(ref: SecretRef, baseDir: string, what: strin
   try {
     return (await readFile(resolvePath(baseDir, ref.file), 'utf8')).replace(/\r?\n$/, '');
   } catch (err) {
-    throw new GovernanceError('TARGET_ERROR', `credentials for ${what} are not available`, { cause: err });
+    throw new GovernanceError('TARGET_ERROR', `credentials for ${what} are not available`, {
+      cause: err,
+    });
   }
 }
 

@@ -49,8 +49,15 @@ export async function runDemo(opts: { dir?: string } = {}): Promise<number> {
           state: { file: 'state.json' },
         }),
     );
-    const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', { create: true });
-    const token = await issuer.mint({ ...DEMO_IDENTITY, groups: [...DEMO_IDENTITY.groups], ttlSec: 8 * 3600, audience: 'gatehouse' });
+    const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', {
+      create: true,
+    });
+    const token = await issuer.mint({
+      ...DEMO_IDENTITY,
+      groups: [...DEMO_IDENTITY.groups],
+      ttlSec: 8 * 3600,
+      audience: 'gatehouse',
+    });
     const rt = await createRuntime(configFile);
     const rel = path.relative(process.cwd(), dir) || '.';
     process.stderr.write(
@@ -68,6 +75,10 @@ export async function runDemo(opts: { dir?: string } = {}): Promise<number> {
     );
     return await serveStdioWith(rt, () => token);
   } finally {
-    await db.stop().catch((err: unknown) => log.warn({ err: String(err) }, 'demo database did not stop cleanly'));
+    await db
+      .stop()
+      .catch((err: unknown) =>
+        log.warn({ err: String(err) }, 'demo database did not stop cleanly'),
+      );
   }
 }

@@ -22,11 +22,7 @@ export class GovernanceError extends Error {
   readonly code: ErrorCode;
   readonly rule: string | undefined;
 
-  constructor(
-    code: ErrorCode,
-    message: string,
-    options: { cause?: unknown; rule?: string } = {},
-  ) {
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; rule?: string } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'GovernanceError';
     this.code = code;

@@ -10,7 +10,16 @@ export const log: Logger = pino(
     level: process.env.GATEHOUSE_LOG_LEVEL ?? 'info',
     // Defence in depth: even if a secret-bearing object reaches a log call, these keys are cut.
     redact: {
-      paths: ['password', '*.password', 'token', '*.token', 'privateKey', '*.privateKey', 'authorization', '*.authorization'],
+      paths: [
+        'password',
+        '*.password',
+        'token',
+        '*.token',
+        'privateKey',
+        '*.privateKey',
+        'authorization',
+        '*.authorization',
+      ],
       censor: '[redacted]',
     },
   },

@@ -1,5 +1,9 @@
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
-import { CallToolRequestSchema, ListToolsRequestSchema, type Tool } from '@modelcontextprotocol/sdk/types.js';
+import {
+  CallToolRequestSchema,
+  ListToolsRequestSchema,
+  type Tool,
+} from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import { ERROR_CODES } from './errors.js';
 import { META_TOOLS } from './meta-tools.js';
@@ -32,7 +36,10 @@ export function createMcpServer(rt: Runtime, session: Session): Server {
 }
 
 function jsonSchema(schema: z.ZodType, io: 'input' | 'output'): Tool['inputSchema'] {
-  const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, { io, unrepresentable: 'any' }) as Record<string, unknown>;
+  const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, {
+    io,
+    unrepresentable: 'any',
+  }) as Record<string, unknown>;
   return rest as Tool['inputSchema'];
 }
 
@@ -49,7 +56,10 @@ export const ErrorContent = z.strictObject({
 });
 
 function outputSchema(schema: z.ZodType): Tool['outputSchema'] {
-  return { type: 'object', anyOf: [jsonSchema(schema, 'output'), jsonSchema(ErrorContent, 'output')] };
+  return {
+    type: 'object',
+    anyOf: [jsonSchema(schema, 'output'), jsonSchema(ErrorContent, 'output')],
+  };
 }
 
 export function listTools(rt: Pick<Runtime, 'tools'>): Tool[] {

@@ -1,12 +1,20 @@
 import type { PolicyEngine, Principal } from '../policies/engine.js';
 import { ExplainInput, ExplainOutput, explainMeta } from '../tools/explain/definition.js';
-import { ListTargetsInput, ListTargetsOutput, listTargetsMeta } from '../tools/list_targets/definition.js';
+import {
+  ListTargetsInput,
+  ListTargetsOutput,
+  listTargetsMeta,
+} from '../tools/list_targets/definition.js';
 import { GovernanceError } from './errors.js';
 import type { Runtime } from './runtime.js';
 
 /** Tools that answer from policy alone: they never reach a target. */
 export const META_TOOLS = {
-  list_targets: { ...listTargetsMeta, inputSchema: ListTargetsInput, outputSchema: ListTargetsOutput },
+  list_targets: {
+    ...listTargetsMeta,
+    inputSchema: ListTargetsInput,
+    outputSchema: ListTargetsOutput,
+  },
   explain: { ...explainMeta, inputSchema: ExplainInput, outputSchema: ExplainOutput },
 } as const;
 
@@ -50,10 +58,18 @@ export async function explainCall(
   if (!tool) throw new GovernanceError('INVALID_INPUT', `unknown tool ${JSON.stringify(req.tool)}`);
   const parsed = tool.inputSchema.safeParse(req.input);
   if (!parsed.success) {
-    throw new GovernanceError('INVALID_INPUT', parsed.error.issues.map((i) => `input.${i.path.join('.')}: ${i.message}`).join('; '));
+    throw new GovernanceError(
+      'INVALID_INPUT',
+      parsed.error.issues.map((i) => `input.${i.path.join('.')}: ${i.message}`).join('; '),
+    );
   }
   const description = await tool.describe(parsed.data);
-  const d = engine.decide({ principal, tool: tool.name, target: description.target, parts: description.parts });
+  const d = engine.decide({
+    principal,
+    tool: tool.name,
+    target: description.target,
+    parts: description.parts,
+  });
   return {
     tool: tool.name,
     target: description.target,
@@ -61,7 +77,11 @@ export async function explainCall(
     rule: d.rule,
     reason: d.reason,
     operation: d.operation,
-    parts: description.parts.map((p) => ({ operation: p.operation, tags: [...p.tags], reason: p.reason })),
+    parts: description.parts.map((p) => ({
+      operation: p.operation,
+      tags: [...p.tags],
+      reason: p.reason,
+    })),
     limits: d.limits,
     mask: d.mask,
   };

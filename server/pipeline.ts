@@ -38,7 +38,12 @@ interface Call {
   secrets: string[];
 }
 
-export async function handleToolCall(rt: Runtime, session: Session, tool: string, args: unknown): Promise<CallToolResult> {
+export async function handleToolCall(
+  rt: Runtime,
+  session: Session,
+  tool: string,
+  args: unknown,
+): Promise<CallToolResult> {
   const call: Call = { callId: randomUUID(), tool, args, started: Date.now(), secrets: [] };
   let result: CallToolResult;
   let failure: GovernanceError | undefined;
@@ -48,7 +53,10 @@ export async function handleToolCall(rt: Runtime, session: Session, tool: string
   } catch (err) {
     failure = toGovernanceError(err);
     if (failure.code === 'INTERNAL' || failure.cause) {
-      log.warn({ callId: call.callId, tool, code: failure.code, cause: describeCause(failure.cause) }, 'call failed');
+      log.warn(
+        { callId: call.callId, tool, code: failure.code, cause: describeCause(failure.cause) },
+        'call failed',
+      );
     }
     result = errorResult(rt, call, failure);
   }
@@ -57,8 +65,15 @@ export async function handleToolCall(rt: Runtime, session: Session, tool: string
     if (!call.decision) await rt.audit.append(auditRecord(session, call, 'decision', failure));
     await rt.audit.append(auditRecord(session, call, 'outcome', failure, result));
   } catch (err) {
-    log.error({ callId: call.callId, err: describeCause(err) }, 'audit write failed; refusing the result');
-    failure = new GovernanceError('INTERNAL', 'the audit log could not be written; the result is withheld', { cause: err });
+    log.error(
+      { callId: call.callId, err: describeCause(err) },
+      'audit write failed; refusing the result',
+    );
+    failure = new GovernanceError(
+      'INTERNAL',
+      'the audit log could not be written; the result is withheld',
+      { cause: err },
+    );
     result = errorResult(rt, call, failure);
   }
   await record(rt, session, call, result);
@@ -79,22 +94,35 @@ async function authenticate(rt: Runtime, session: Session): Promise<Identity> {
 
 async function governed(rt: Runtime, session: Session, call: Call): Promise<CallToolResult> {
   const identity = call.identity!;
-  const principal: Principal = { sub: identity.sub, groups: identity.groups, claims: identity.claims };
+  const principal: Principal = {
+    sub: identity.sub,
+    groups: identity.groups,
+    claims: identity.claims,
+  };
 
   if (call.tool === META_TOOLS.list_targets.name || call.tool === META_TOOLS.explain.name) {
-    const meta = META_TOOLS[call.tool as keyof typeof META_TOOLS];
+    const meta = META_TOOLS[call.tool];
     call.input = parseInput(meta.inputSchema, call.args);
     call.decision = builtinDecision(call.tool);
     await rt.audit.append(auditRecord(session, call, 'decision'));
     const structured =
       call.tool === 'list_targets'
         ? listTargets(rt, principal)
-        : await explainCall(rt.tools, rt.policies.engine, principal, call.input as { tool: string; input: Record<string, unknown> });
-    return { content: [{ type: 'text', text: JSON.stringify(structured, null, 2) }], structuredContent: structured };
+        : await explainCall(
+            rt.tools,
+            rt.policies.engine,
+            principal,
+            call.input as { tool: string; input: Record<string, unknown> },
+          );
+    return {
+      content: [{ type: 'text', text: JSON.stringify(structured, null, 2) }],
+      structuredContent: structured,
+    };
   }
 
   const tool = rt.tools.get(call.tool);
-  if (!tool) throw new GovernanceError('INVALID_INPUT', `unknown tool ${JSON.stringify(call.tool)}`);
+  if (!tool)
+    throw new GovernanceError('INVALID_INPUT', `unknown tool ${JSON.stringify(call.tool)}`);
   call.input = parseInput(tool.inputSchema, call.args);
   call.description = await tool.describe(call.input);
   call.decision = rt.policies.engine.decide({
@@ -121,11 +149,18 @@ async function governed(rt: Runtime, session: Session, call: Call): Promise<Call
   return maskAndRender(rt, call, output);
 }
 
-async function execute(rt: Runtime, tool: GovernedTool<unknown, unknown>, call: Call): Promise<ToolOutput> {
+async function execute(
+  rt: Runtime,
+  tool: GovernedTool<unknown, unknown>,
+  call: Call,
+): Promise<ToolOutput> {
   const description = call.description!;
   const target = rt.config.targets[description.target];
   if (!target || target.kind !== tool.targetKind) {
-    throw new GovernanceError('INVALID_INPUT', `no ${tool.targetKind} target named ${JSON.stringify(description.target)}`);
+    throw new GovernanceError(
+      'INVALID_INPUT',
+      `no ${tool.targetKind} target named ${JSON.stringify(description.target)}`,
+    );
   }
   const { resolved, secrets } = await rt.resolveTarget(target);
   call.secrets = secrets;
@@ -149,7 +184,10 @@ function maskAndRender(rt: Runtime, call: Call, output: ToolOutput): CallToolRes
     let rows = masked.value;
     let truncated = output.truncated;
     // The byte limit bounds what the agent's context receives, whatever the row count.
-    while (rows.length > 0 && Buffer.byteLength(JSON.stringify(rows)) > decision.limits.maxOutputBytes) {
+    while (
+      rows.length > 0 &&
+      Buffer.byteLength(JSON.stringify(rows)) > decision.limits.maxOutputBytes
+    ) {
       rows = rows.slice(0, Math.floor(rows.length / 2));
       truncated = true;
     }
@@ -176,7 +214,9 @@ function maskAndRender(rt: Runtime, call: Call, output: ToolOutput): CallToolRes
   }
   call.masked = counts;
   return scrub(call, {
-    content: [{ type: 'text', text: renderText(target, structured, output.maskedFields, fenceNonce()) }],
+    content: [
+      { type: 'text', text: renderText(target, structured, output.maskedFields, fenceNonce()) },
+    ],
     structuredContent: structured,
   });
 }
@@ -207,12 +247,21 @@ function builtinDecision(tool: string): Decision {
 function errorResult(rt: Runtime, call: Call, err: GovernanceError): CallToolResult {
   let reason = err.message;
   // A target's own error text can quote row values: it passes through masking like a result.
-  if (err.code === 'TARGET_ERROR' && call.decision) reason = rt.maskerFor(call.decision.mask).maskText(reason).value;
-  const text = err.code === 'DENIED' ? `DENIED by rule ${err.rule ?? 'default-deny'}: ${reason}` : `${err.code}: ${reason}`;
+  if (err.code === 'TARGET_ERROR' && call.decision)
+    reason = rt.maskerFor(call.decision.mask).maskText(reason).value;
+  const text =
+    err.code === 'DENIED'
+      ? `DENIED by rule ${err.rule ?? 'default-deny'}: ${reason}`
+      : `${err.code}: ${reason}`;
   return scrub(call, {
     isError: true,
     content: [{ type: 'text', text }],
-    structuredContent: { code: err.code, ...(err.rule ? { rule: err.rule } : {}), reason, callId: call.callId },
+    structuredContent: {
+      code: err.code,
+      ...(err.rule ? { rule: err.rule } : {}),
+      reason,
+      callId: call.callId,
+    },
   });
 }
 
@@ -244,7 +293,11 @@ function auditRecord(
   const d = call.decision;
   const decision = d
     ? { effect: d.effect, rule: d.rule, reason: d.reason }
-    : { effect: 'deny', rule: failure?.code === 'UNAUTHENTICATED' ? 'identity' : 'input', reason: failure?.message ?? 'refused' };
+    : {
+        effect: 'deny',
+        rule: failure?.code === 'UNAUTHENTICATED' ? 'identity' : 'input',
+        reason: failure?.message ?? 'refused',
+      };
   const rec: AuditRecord = {
     kind,
     callId: call.callId,
@@ -263,15 +316,24 @@ function auditRecord(
       status: result?.isError ? 'error' : 'ok',
       durationMs: Date.now() - call.started,
       ...(failure ? { code: failure.code } : {}),
-      ...(o?.kind === 'rows' && !result?.isError ? { rows: (result?.structuredContent as { rows: unknown[] }).rows.length } : {}),
-      ...(o?.kind === 'text' ? { bytes: o.bytes, ...(o.exitCode !== undefined ? { exitCode: o.exitCode } : {}) } : {}),
+      ...(o?.kind === 'rows' && !result?.isError
+        ? { rows: (result?.structuredContent as { rows: unknown[] }).rows.length }
+        : {}),
+      ...(o?.kind === 'text'
+        ? { bytes: o.bytes, ...(o.exitCode !== undefined ? { exitCode: o.exitCode } : {}) }
+        : {}),
     };
     if (call.masked && Object.keys(call.masked).length > 0) rec.masked = call.masked;
   }
   return rec;
 }
 
-async function record(rt: Runtime, session: Session, call: Call, result: CallToolResult): Promise<void> {
+async function record(
+  rt: Runtime,
+  session: Session,
+  call: Call,
+  result: CallToolResult,
+): Promise<void> {
   try {
     if (!session.recorder && session.identity) {
       session.recorder = await SessionRecorder.create(rt.config.recordings.dir, {
@@ -286,7 +348,9 @@ async function record(rt: Runtime, session: Session, call: Call, result: CallToo
       callId: call.callId,
       tool: call.tool,
       request: call.args,
-      decision: call.decision ? { effect: call.decision.effect, rule: call.decision.rule, reason: call.decision.reason } : null,
+      decision: call.decision
+        ? { effect: call.decision.effect, rule: call.decision.rule, reason: call.decision.reason }
+        : null,
       result,
       durationMs: Date.now() - call.started,
     });
@@ -297,6 +361,7 @@ async function record(rt: Runtime, session: Session, call: Call, result: CallToo
 }
 
 function describeCause(cause: unknown): unknown {
-  if (cause instanceof Error) return { name: cause.name, message: cause.message, code: (cause as { code?: unknown }).code };
+  if (cause instanceof Error)
+    return { name: cause.name, message: cause.message, code: (cause as { code?: unknown }).code };
   return cause;
 }

@@ -23,7 +23,13 @@ function cell(v: unknown): string {
 
 export function renderRows(
   target: string,
-  r: { columns: Array<{ name: string }>; rows: unknown[][]; rowCount: number; truncated: boolean; operation: string },
+  r: {
+    columns: Array<{ name: string }>;
+    rows: unknown[][];
+    rowCount: number;
+    truncated: boolean;
+    operation: string;
+  },
   nonce: string,
 ): string {
   const summary = `${target}: ${r.operation}, ${r.rows.length} row${r.rows.length === 1 ? '' : 's'}${
@@ -32,9 +38,19 @@ export function renderRows(
   if (r.columns.length === 0) return summary;
   const header = r.columns.map((c) => cell(c.name));
   const body = r.rows.map((row) => row.map(cell));
-  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => (row[i] ?? '').length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(' | ').trimEnd();
-  const table = [line(header), widths.map((w) => '-'.repeat(w)).join('-+-'), ...body.map(line)].join('\n');
+  const widths = header.map((h, i) =>
+    Math.max(h.length, ...body.map((row) => (row[i] ?? '').length)),
+  );
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join(' | ')
+      .trimEnd();
+  const table = [
+    line(header),
+    widths.map((w) => '-'.repeat(w)).join('-+-'),
+    ...body.map(line),
+  ].join('\n');
   return `${summary}\n${fence(target, table, nonce)}`;
 }
 

@@ -1,7 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { loadConfig, resolveSecret, resolvePath, type GatehouseConfig, type TargetConfig } from './config.js';
+import {
+  loadConfig,
+  resolveSecret,
+  resolvePath,
+  type GatehouseConfig,
+  type TargetConfig,
+} from './config.js';
 import { GovernanceError } from './errors.js';
 import { createVerifier, type Verifier } from './identity.js';
 import { loadPolicies, type PolicySet } from '../policies/load.js';
@@ -27,7 +33,9 @@ export interface Runtime {
   close(): Promise<void>;
 }
 
-export async function loadGateway(configFile: string): Promise<{ config: GatehouseConfig; policies: PolicySet }> {
+export async function loadGateway(
+  configFile: string,
+): Promise<{ config: GatehouseConfig; policies: PolicySet }> {
   const config = await loadConfig(configFile);
   const policies = await loadPolicies(config.policies, config.file);
   return { config, policies };
@@ -41,7 +49,9 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
     audience: id.audience,
     ...(id.jwks ? { jwks: id.jwks } : {}),
     algorithms: id.algorithms,
-    ...(id.hmacSecret ? { hmacSecret: await resolveSecret(id.hmacSecret, config.dir, 'identity.hmacSecret') } : {}),
+    ...(id.hmacSecret
+      ? { hmacSecret: await resolveSecret(id.hmacSecret, config.dir, 'identity.hmacSecret') }
+      : {}),
     groupsClaim: id.groupsClaim,
     clockToleranceSec: id.clockToleranceSec,
     ...(id.devIssuer ? { devIssuer: id.devIssuer } : {}),
@@ -50,7 +60,9 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
   const pools = new PostgresPools();
   const tools = createTools(pools);
 
-  const pseudonymKey = await loadOrCreateKey(path.join(path.dirname(config.state.file), 'pseudonym.key'));
+  const pseudonymKey = await loadOrCreateKey(
+    path.join(path.dirname(config.state.file), 'pseudonym.key'),
+  );
   const maskers = new Map<string, Masker>();
 
   return {
@@ -65,7 +77,9 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
           const password = target.password
             ? await resolveSecret(target.password, config.dir, `target ${target.name}`)
             : undefined;
-          const sslCa = target.sslCa ? await readFile(resolvePath(config.dir, target.sslCa.file), 'utf8') : undefined;
+          const sslCa = target.sslCa
+            ? await readFile(resolvePath(config.dir, target.sslCa.file), 'utf8')
+            : undefined;
           const resolved: ResolvedPostgresTarget = {
             name: target.name,
             host: target.host,
@@ -81,7 +95,10 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
           return { resolved, secrets: password ? [password] : [] };
         }
         default:
-          throw new GovernanceError('TARGET_ERROR', `targets of kind ${target.kind} are not supported yet`);
+          throw new GovernanceError(
+            'TARGET_ERROR',
+            `targets of kind ${target.kind} are not supported yet`,
+          );
       }
     },
     maskerFor(names) {
@@ -92,7 +109,10 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
           names.map((n) => {
             const profile = policies.profiles[n];
             // loadPolicies already refused unknown profile names; this is a bug guard.
-            if (!profile) throw new GovernanceError('INTERNAL', 'masking profile missing', { cause: new Error(n) });
+            if (!profile)
+              throw new GovernanceError('INTERNAL', 'masking profile missing', {
+                cause: new Error(n),
+              });
             return profile;
           }),
           { pseudonymKey },

@@ -6,17 +6,26 @@ import { createRuntime, type Runtime } from './runtime.js';
 import { newSession } from './session.js';
 
 /** `gatehouse serve` over stdio: one process, one MCP session, one identity. */
-export async function serveStdio(configFile: string, token: () => string | undefined): Promise<number> {
+export async function serveStdio(
+  configFile: string,
+  token: () => string | undefined,
+): Promise<number> {
   const rt = await createRuntime(configFile);
   return serveStdioWith(rt, token);
 }
 
-export async function serveStdioWith(rt: Runtime, token: () => string | undefined): Promise<number> {
+export async function serveStdioWith(
+  rt: Runtime,
+  token: () => string | undefined,
+): Promise<number> {
   // Verified at start so a bad token fails loudly now, and again on every call (expiry).
   const presented = token();
   if (!presented) {
     await rt.close();
-    throw new GovernanceError('UNAUTHENTICATED', 'no token: set GATEHOUSE_TOKEN or pass --token-file (there is no anonymous mode)');
+    throw new GovernanceError(
+      'UNAUTHENTICATED',
+      'no token: set GATEHOUSE_TOKEN or pass --token-file (there is no anonymous mode)',
+    );
   }
   let identity;
   try {
@@ -34,7 +43,10 @@ export async function serveStdioWith(rt: Runtime, token: () => string | undefine
     process.stdin.once('end', resolve);
   });
   await server.connect(transport);
-  log.info({ session: session.id, sub: identity.sub, groups: identity.groups }, 'serving MCP over stdio');
+  log.info(
+    { session: session.id, sub: identity.sub, groups: identity.groups },
+    'serving MCP over stdio',
+  );
   const stop = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);

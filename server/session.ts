@@ -17,6 +17,9 @@ export interface Session {
   recorder: SessionRecorder | null;
 }
 
-export function newSession(transport: Session['transport'], token: () => string | undefined): Session {
+export function newSession(
+  transport: Session['transport'],
+  token: () => string | undefined,
+): Session {
   return { id: randomUUID(), transport, token, clientInfo: null, identity: null, recorder: null };
 }

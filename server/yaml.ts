@@ -15,7 +15,9 @@ export async function loadYamlFile<S extends z.ZodType>(
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(`${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    throw new ConfigError(
+      `${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+    );
   }
   return parseYamlText(file, text, schema);
 }
@@ -52,5 +54,5 @@ export function parseYamlText<S extends z.ZodType>(
     });
     throw new ConfigError(issues[0] ?? `${file}: invalid`, issues);
   }
-  return { value: result.data as z.output<S>, locate };
+  return { value: result.data, locate };
 }

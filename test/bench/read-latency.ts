@@ -40,13 +40,21 @@ async function measure(name: string, once: () => Promise<void>) {
 
 async function mcpClient(command: string, args: string[], env: Record<string, string>) {
   const client = new Client({ name: 'bench', version: '1.0.0' });
-  await client.connect(new StdioClientTransport({ command, args, env: { ...(process.env as Record<string, string>), ...env }, stderr: 'ignore' }));
+  await client.connect(
+    new StdioClientTransport({
+      command,
+      args,
+      env: { ...(process.env as Record<string, string>), ...env },
+      stderr: 'ignore',
+    }),
+  );
   return client;
 }
 
 async function main() {
   const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-  const { info, stop } = await startPostgres();
+  const server = await startPostgres();
+  const { info } = server;
   const dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-bench-'));
   const clients: Client[] = [];
   try {
@@ -55,7 +63,12 @@ async function main() {
       rules: [
         {
           id: 'bench-read',
-          match: { groups: ['bench'], tools: ['postgres_query'], targets: ['app-db'], operations: ['read'] },
+          match: {
+            groups: ['bench'],
+            tools: ['postgres_query'],
+            targets: ['app-db'],
+            operations: ['read'],
+          },
           effect: 'allow',
           mask: ['pii'],
         },
@@ -63,20 +76,37 @@ async function main() {
       masking: { pii: { detectors: ['email', 'credit_card'], columns: ['*.password', '*.ssn'] } },
     };
     const configFile = await writeGatewayConfig(dir, { pg: info, policy });
-    const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', { create: true });
-    const token = await issuer.mint({ sub: 'bench', groups: ['bench'], audience: 'gatehouse', ttlSec: 3600 });
-
-    const governed = await mcpClient(process.execPath, [path.join(root, 'dist/server/cli.js'), 'serve', '--config', configFile], {
-      GATEHOUSE_TOKEN: token,
-      GATEHOUSE_LOG_LEVEL: 'warn',
+    const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', {
+      create: true,
     });
+    const token = await issuer.mint({
+      sub: 'bench',
+      groups: ['bench'],
+      audience: 'gatehouse',
+      ttlSec: 3600,
+    });
+
+    const governed = await mcpClient(
+      process.execPath,
+      [path.join(root, 'dist/server/cli.js'), 'serve', '--config', configFile],
+      {
+        GATEHOUSE_TOKEN: token,
+        GATEHOUSE_LOG_LEVEL: 'warn',
+      },
+    );
     clients.push(governed);
     const require = createRequire(import.meta.url);
     const referenceBin = require.resolve('@modelcontextprotocol/server-postgres/dist/index.js');
     const url = `postgresql://${encodeURIComponent(info.reader.user)}:${encodeURIComponent(info.reader.password)}@${info.host}:${info.port}/${info.database}`;
     const reference = await mcpClient(process.execPath, [referenceBin, url], {});
     clients.push(reference);
-    const bare = new pg.Client({ host: info.host, port: info.port, database: info.database, user: info.reader.user, password: info.reader.password });
+    const bare = new pg.Client({
+      host: info.host,
+      port: info.port,
+      database: info.database,
+      user: info.reader.user,
+      password: info.reader.password,
+    });
     await bare.connect();
 
     const check = (r: CallToolResult, who: string) => {
@@ -87,21 +117,35 @@ async function main() {
     results.push(await measure('bare pg', async () => void (await bare.query(SQL))));
     results.push(
       await measure('reference server-postgres', async () =>
-        check((await reference.callTool({ name: 'query', arguments: { sql: SQL } })) as CallToolResult, 'reference'),
+        check(
+          (await reference.callTool({ name: 'query', arguments: { sql: SQL } })) as CallToolResult,
+          'reference',
+        ),
       ),
     );
     results.push(
       await measure('gatehouse (governed)', async () =>
-        check((await governed.callTool({ name: 'postgres_query', arguments: { target: 'app-db', sql: SQL } })) as CallToolResult, 'gatehouse'),
+        check(
+          (await governed.callTool({
+            name: 'postgres_query',
+            arguments: { target: 'app-db', sql: SQL },
+          })) as CallToolResult,
+          'gatehouse',
+        ),
       ),
     );
     await bare.end();
 
-    const [bareR, refR, govR] = results as [(typeof results)[0], (typeof results)[0], (typeof results)[0]];
+    const [bareR, refR, govR] = results as [
+      (typeof results)[0],
+      (typeof results)[0],
+      (typeof results)[0],
+    ];
     const fmt = (n: number) => n.toFixed(3).padStart(8);
     process.stdout.write(`read latency, ${COUNT} calls each after ${WARMUP} warm-up (ms)\n`);
     process.stdout.write(`${'path'.padEnd(28)}${'p50'.padStart(8)}${'p99'.padStart(9)}\n`);
-    for (const r of results) process.stdout.write(`${r.name.padEnd(28)}${fmt(r.p50)} ${fmt(r.p99)}\n`);
+    for (const r of results)
+      process.stdout.write(`${r.name.padEnd(28)}${fmt(r.p50)} ${fmt(r.p99)}\n`);
     process.stdout.write(
       `\ngoverned / reference: p50 ${(govR.p50 / refR.p50).toFixed(2)}x, p99 ${(govR.p99 / refR.p99).toFixed(2)}x\n` +
         `governed / bare pg:   p50 ${(govR.p50 / bareR.p50).toFixed(2)}x, p99 ${(govR.p99 / bareR.p99).toFixed(2)}x\n` +
@@ -109,7 +153,7 @@ async function main() {
     );
   } finally {
     await Promise.allSettled(clients.map((c) => c.close()));
-    await stop();
+    await server.stop();
     await rm(dir, { recursive: true, force: true });
   }
 }

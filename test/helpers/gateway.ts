@@ -39,7 +39,10 @@ export async function writeGatewayConfig(
   process.env.GH_TEST_READER_PASSWORD = opts.pg.reader.password;
   process.env.GH_TEST_WRITER_PASSWORD = opts.pg.writer.password;
   process.env.GH_TEST_BAD_PASSWORD = 'not-the-password';
-  await writeFile(path.join(dir, 'policy.yaml'), typeof opts.policy === 'string' ? opts.policy : stringify(opts.policy));
+  await writeFile(
+    path.join(dir, 'policy.yaml'),
+    typeof opts.policy === 'string' ? opts.policy : stringify(opts.policy),
+  );
   const configFile = path.join(dir, 'gatehouse.yaml');
   const target = (user: string, env: string) => ({
     kind: 'postgres',
@@ -83,7 +86,9 @@ export async function startGateway(opts: {
 }): Promise<TestGateway> {
   const dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-gw-'));
   const configFile = await writeGatewayConfig(dir, opts);
-  const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', { create: true });
+  const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', {
+    create: true,
+  });
   const rt = await createRuntime(configFile);
   const clients: TestClient[] = [];
   return {
@@ -91,7 +96,8 @@ export async function startGateway(opts: {
     configFile,
     rt,
     issuer,
-    mint: (sub, groups, ttlSec = 600) => issuer.mint({ sub, groups, ttlSec, audience: 'gatehouse' }),
+    mint: (sub, groups, ttlSec = 600) =>
+      issuer.mint({ sub, groups, ttlSec, audience: 'gatehouse' }),
     async connect(token) {
       const session = newSession('memory', typeof token === 'string' ? () => token : token);
       const server = createMcpServer(rt, session);
@@ -101,7 +107,8 @@ export async function startGateway(opts: {
       await client.connect(clientSide);
       const tc: TestClient = {
         client,
-        call: async (tool, args) => (await client.callTool({ name: tool, arguments: args })) as CallToolResult,
+        call: async (tool, args) =>
+          (await client.callTool({ name: tool, arguments: args })) as CallToolResult,
         async close() {
           await client.close();
           await server.close();

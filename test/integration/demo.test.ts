@@ -25,9 +25,16 @@ describe('gatehouse demo', () => {
   let stderr = '';
 
   beforeAll(async () => {
-    if (!existsSync(builtCli)) throw new Error(`${builtCli} is missing: run npm run build (npm test does it for you)`);
+    if (!existsSync(builtCli))
+      throw new Error(`${builtCli} is missing: run npm run build (npm test does it for you)`);
     cwd = await mkdtemp(path.join(tmpdir(), 'gatehouse-demo-'));
-    const transport = new StdioClientTransport({ command: process.execPath, args: [builtCli, 'demo'], cwd, env: cliEnv(), stderr: 'pipe' });
+    const transport = new StdioClientTransport({
+      command: process.execPath,
+      args: [builtCli, 'demo'],
+      cwd,
+      env: cliEnv(),
+      stderr: 'pipe',
+    });
     transport.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
     client = new Client({ name: 'demo-test', version: '1.0.0' });
     await client.connect(transport);
@@ -42,7 +49,10 @@ describe('gatehouse demo', () => {
     expect(tools.map((t) => t.name)).toContain('postgres_query');
     const r = (await client.callTool({
       name: 'postgres_query',
-      arguments: { target: 'demo-db', sql: 'SELECT name, email, card FROM customers ORDER BY id LIMIT 5' },
+      arguments: {
+        target: 'demo-db',
+        sql: 'SELECT name, email, card FROM customers ORDER BY id LIMIT 5',
+      },
     })) as CallToolResult;
     expect(r.isError, JSON.stringify(r.content)).toBeFalsy();
     const { rows } = r.structuredContent as { rows: string[][] };
@@ -56,28 +66,64 @@ describe('gatehouse demo', () => {
   });
 
   it('denies DDL and holds writes for approval', async () => {
-    const drop = (await client.callTool({ name: 'postgres_query', arguments: { target: 'demo-db', sql: 'DROP TABLE customers' } })) as CallToolResult;
-    expect(drop.content[0]).toMatchObject({ text: 'DENIED by rule no-ddl: statement is ddl (DropStmt)' });
+    const drop = (await client.callTool({
+      name: 'postgres_query',
+      arguments: { target: 'demo-db', sql: 'DROP TABLE customers' },
+    })) as CallToolResult;
+    expect(drop.content[0]).toMatchObject({
+      text: 'DENIED by rule no-ddl: statement is ddl (DropStmt)',
+    });
     const write = (await client.callTool({
       name: 'postgres_query',
       arguments: { target: 'demo-db', sql: "UPDATE customers SET country = 'FR' WHERE id = 1" },
     })) as CallToolResult;
-    expect(write.content[0]).toMatchObject({ text: expect.stringMatching(/^APPROVAL_UNAVAILABLE: /) as unknown });
+    expect(write.content[0]).toMatchObject({
+      text: expect.stringMatching(/^APPROVAL_UNAVAILABLE: /) as unknown,
+    });
   });
 
   it('works from the repository mcp.json through the MCP Inspector CLI', async () => {
-    const inspector = path.join(root, 'node_modules/@modelcontextprotocol/inspector/cli/build/cli.js');
-    const base = [inspector, '--cli', '--config', path.join(root, 'mcp.json'), '--server', 'gatehouse-demo'];
+    const inspector = path.join(
+      root,
+      'node_modules/@modelcontextprotocol/inspector/cli/build/cli.js',
+    );
+    const base = [
+      inspector,
+      '--cli',
+      '--config',
+      path.join(root, 'mcp.json'),
+      '--server',
+      'gatehouse-demo',
+    ];
     const env = cliEnv({ NODE_NO_WARNINGS: '1' });
-    const list = await run(process.execPath, [...base, '--method', 'tools/list'], { cwd: root, env, timeout: 60_000 });
-    expect(JSON.parse(list.stdout)).toMatchObject({ tools: expect.arrayContaining([expect.objectContaining({ name: 'postgres_query' })]) as unknown });
+    const list = await run(process.execPath, [...base, '--method', 'tools/list'], {
+      cwd: root,
+      env,
+      timeout: 60_000,
+    });
+    expect(JSON.parse(list.stdout)).toMatchObject({
+      tools: expect.arrayContaining([
+        expect.objectContaining({ name: 'postgres_query' }),
+      ]) as unknown,
+    });
     const call = await run(
       process.execPath,
-      [...base, '--method', 'tools/call', '--tool-name', 'postgres_query', '--tool-arg', 'target=demo-db', '--tool-arg', 'sql=SELECT email FROM customers ORDER BY id LIMIT 3'],
+      [
+        ...base,
+        '--method',
+        'tools/call',
+        '--tool-name',
+        'postgres_query',
+        '--tool-arg',
+        'target=demo-db',
+        '--tool-arg',
+        'sql=SELECT email FROM customers ORDER BY id LIMIT 3',
+      ],
       { cwd: root, env, timeout: 60_000 },
     );
     const result = JSON.parse(call.stdout) as CallToolResult;
     expect(result.isError).toBeFalsy();
-    for (const [email] of (result.structuredContent as { rows: string[][] }).rows) expect(email).not.toMatch(/^[^*\s]+@/);
+    for (const [email] of (result.structuredContent as { rows: string[][] }).rows)
+      expect(email).not.toMatch(/^[^*\s]+@/);
   }, 90_000);
 });

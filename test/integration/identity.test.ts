@@ -16,7 +16,12 @@ const policy = {
   rules: [
     {
       id: 'writers-write',
-      match: { groups: ['writers'], tools: ['postgres_query'], targets: ['app-db-rw'], operations: ['read', 'write'] },
+      match: {
+        groups: ['writers'],
+        tools: ['postgres_query'],
+        targets: ['app-db-rw'],
+        operations: ['read', 'write'],
+      },
       effect: 'allow',
     },
   ],
@@ -29,7 +34,12 @@ describe.skipIf(!pgInfo.available)('identity through the pipeline', () => {
   let gw: TestGateway;
   let su: pg.Client;
   let valid: string;
-  const seq = async () => (await su.query<{ last_value: string; is_called: boolean }>('SELECT last_value, is_called FROM canary_seq')).rows[0];
+  const seq = async () =>
+    (
+      await su.query<{ last_value: string; is_called: boolean }>(
+        'SELECT last_value, is_called FROM canary_seq',
+      )
+    ).rows[0];
 
   beforeAll(async () => {
     gw = await startGateway({ pg: pgInfo, policy, clockToleranceSec: 0 });
@@ -43,25 +53,44 @@ describe.skipIf(!pgInfo.available)('identity through the pipeline', () => {
 
   const forged = async (): Promise<Array<[string, string]>> => {
     const [header, payload, sig] = valid.split('.') as [string, string, string];
-    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString()) as Record<string, unknown>;
+    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString()) as Record<
+      string,
+      unknown
+    >;
     const now = Math.floor(Date.now() / 1000);
     const attacker = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
     const attackerJwk: JWK = await exportJWK(attacker.publicKey);
     const kid = (JSON.parse(Buffer.from(header, 'base64url').toString()) as { kid: string }).kid;
     const signWith = (extraHeader: Record<string, unknown>, body: Record<string, unknown>) =>
-      new SignJWT(body).setProtectedHeader({ alg: 'EdDSA', kid, ...extraHeader }).sign(attacker.privateKey);
+      new SignJWT(body)
+        .setProtectedHeader({ alg: 'EdDSA', kid, ...extraHeader })
+        .sign(attacker.privateKey);
     const publicJwk = JSON.stringify(gw.issuer.jwks.keys[0]);
     const { createHmac } = await import('node:crypto');
     const hs = `${b64({ alg: 'HS256', typ: 'JWT', kid })}.${payload}`;
     return [
       ['alg none', `${b64({ alg: 'none', typ: 'JWT' })}.${payload}.`],
-      ['HS256 with the public key as secret', `${hs}.${createHmac('sha256', publicJwk).update(hs).digest('base64url')}`],
-      ['expired', await gw.issuer.mint({ sub: 'wendy', groups: ['writers'], audience: 'gatehouse', extra: {}, ttlSec: 1 }).then(async (t) => {
-        await new Promise((r) => setTimeout(r, 2100));
-        return t;
-      })],
-      ['wrong audience', await gw.issuer.mint({ sub: 'wendy', groups: ['writers'], audience: 'someone-else' })],
-      ['payload edited after signing', `${header}.${b64({ ...claims, groups: ['writers', 'dba'] })}.${sig}`],
+      [
+        'HS256 with the public key as secret',
+        `${hs}.${createHmac('sha256', publicJwk).update(hs).digest('base64url')}`,
+      ],
+      [
+        'expired',
+        await gw.issuer
+          .mint({ sub: 'wendy', groups: ['writers'], audience: 'gatehouse', extra: {}, ttlSec: 1 })
+          .then(async (t) => {
+            await new Promise((r) => setTimeout(r, 2100));
+            return t;
+          }),
+      ],
+      [
+        'wrong audience',
+        await gw.issuer.mint({ sub: 'wendy', groups: ['writers'], audience: 'someone-else' }),
+      ],
+      [
+        'payload edited after signing',
+        `${header}.${b64({ ...claims, groups: ['writers', 'dba'] })}.${sig}`,
+      ],
       ['signature removed', `${header}.${payload}.`],
       ['right kid, attacker key', await signWith({}, claims)],
       ['embedded jwk header', await signWith({ jwk: attackerJwk }, claims)],
@@ -94,7 +123,12 @@ describe.skipIf(!pgInfo.available)('identity through the pipeline', () => {
   });
 
   it('stops honouring a token that expires mid-session', async () => {
-    const token = await gw.issuer.mint({ sub: 'eve', groups: ['writers'], audience: 'gatehouse', ttlSec: 2 });
+    const token = await gw.issuer.mint({
+      sub: 'eve',
+      groups: ['writers'],
+      audience: 'gatehouse',
+      ttlSec: 2,
+    });
     const client = await gw.connect(token);
     const first = await client.call('postgres_query', { target: 'app-db-rw', sql: 'SELECT 1' });
     expect(first.isError, textOf(first)).toBeFalsy();
@@ -115,8 +149,12 @@ describe.skipIf(!pgInfo.available)('identity through the pipeline', () => {
   it('audits refusals with the reason', async () => {
     const lines = [];
     for await (const line of readAuditLines(`${gw.dir}/audit.jsonl`)) lines.push(line);
-    const refused = lines.filter((l) => l.kind === 'outcome' && l.outcome?.code === 'UNAUTHENTICATED');
+    const refused = lines.filter(
+      (l) => l.kind === 'outcome' && l.outcome?.code === 'UNAUTHENTICATED',
+    );
     expect(refused.length).toBeGreaterThanOrEqual(10);
-    expect(refused.every((l) => l.sub === '(unauthenticated)' || typeof l.sub === 'string')).toBe(true);
+    expect(refused.every((l) => l.sub === '(unauthenticated)' || typeof l.sub === 'string')).toBe(
+      true,
+    );
   });
 });

@@ -27,26 +27,46 @@ const policy = {
   rules: [
     {
       id: 'analysts-read',
-      match: { groups: ['analysts'], tools: ['postgres_query'], targets: ['app-db'], operations: ['read'] },
+      match: {
+        groups: ['analysts'],
+        tools: ['postgres_query'],
+        targets: ['app-db'],
+        operations: ['read'],
+      },
       effect: 'allow',
       mask: ['pii'],
       limits: { maxRows: 50, timeout: '5s' },
     },
     {
       id: 'small-reads',
-      match: { subjects: ['capped-*'], tools: ['postgres_query'], targets: ['app-db'], operations: ['read'] },
+      match: {
+        subjects: ['capped-*'],
+        tools: ['postgres_query'],
+        targets: ['app-db'],
+        operations: ['read'],
+      },
       effect: 'allow',
       limits: { maxRows: 3, timeout: '300ms' },
     },
     {
       id: 'readonly-read',
-      match: { groups: ['readonly'], tools: ['postgres_query'], targets: ['app-db'], operations: ['read'] },
+      match: {
+        groups: ['readonly'],
+        tools: ['postgres_query'],
+        targets: ['app-db'],
+        operations: ['read'],
+      },
       effect: 'allow',
     },
     { id: 'no-ddl', match: { tools: ['postgres_query'], operations: ['ddl'] }, effect: 'deny' },
     {
       id: 'writers-write',
-      match: { groups: ['writers'], tools: ['postgres_query'], targets: ['app-db-rw'], operations: ['read', 'write'] },
+      match: {
+        groups: ['writers'],
+        tools: ['postgres_query'],
+        targets: ['app-db-rw'],
+        operations: ['read', 'write'],
+      },
       effect: 'allow',
     },
     {
@@ -57,13 +77,23 @@ const policy = {
     },
   ],
   masking: {
-    pii: { detectors: ['email', 'credit_card'], columns: ['*.password', 'customers.ssn'], style: 'redact' },
+    pii: {
+      detectors: ['email', 'credit_card'],
+      columns: ['*.password', 'customers.ssn'],
+      style: 'redact',
+    },
   },
 };
 
 const ok = (r: CallToolResult) => {
   expect(r.isError, textOf(r)).toBeFalsy();
-  return r.structuredContent as { columns: Array<{ name: string }>; rows: unknown[][]; rowCount: number; truncated: boolean; operation: string };
+  return r.structuredContent as {
+    columns: Array<{ name: string }>;
+    rows: unknown[][];
+    rowCount: number;
+    truncated: boolean;
+    operation: string;
+  };
 };
 
 describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', () => {
@@ -93,53 +123,100 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
   });
 
   it('answers an allowed read with rows, fenced as untrusted data', async () => {
-    const r = await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT id, name, country FROM customers ORDER BY id LIMIT 3' });
+    const r = await analyst.call('postgres_query', {
+      target: 'app-db',
+      sql: 'SELECT id, name, country FROM customers ORDER BY id LIMIT 3',
+    });
     const s = ok(r);
     expect(s.columns.map((c) => c.name)).toEqual(['id', 'name', 'country']);
     expect(s.rows).toHaveLength(3);
     expect(s.operation).toBe('read');
     expect(s.truncated).toBe(false);
-    expect(textOf(r)).toMatch(/<untrusted-data id="[0-9a-f]+">[\s\S]*<\/untrusted-data id="[0-9a-f]+">/);
+    expect(textOf(r)).toMatch(
+      /<untrusted-data id="[0-9a-f]+">[\s\S]*<\/untrusted-data id="[0-9a-f]+">/,
+    );
   });
 
   it('binds parameters through the extended protocol', async () => {
-    const s = ok(await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT id FROM customers WHERE id = $1', params: [2] }));
+    const s = ok(
+      await analyst.call('postgres_query', {
+        target: 'app-db',
+        sql: 'SELECT id FROM customers WHERE id = $1',
+        params: [2],
+      }),
+    );
     expect(s.rows).toEqual([[2]]);
     // A parameter is a value, never SQL.
     const s2 = ok(
-      await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT count(*)::int FROM customers WHERE name = $1', params: ["x' OR '1'='1"] }),
+      await analyst.call('postgres_query', {
+        target: 'app-db',
+        sql: 'SELECT count(*)::int FROM customers WHERE name = $1',
+        params: ["x' OR '1'='1"],
+      }),
     );
     expect(s2.rows).toEqual([[0]]);
   });
 
   it('masks emails and card numbers in values, and masked columns even under an alias', async () => {
-    const r = ok(await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT email, card, ssn FROM customers ORDER BY id LIMIT 5' }));
-    const raw = await su.query<{ email: string; card: string; ssn: string }>('SELECT email, card, ssn FROM customers ORDER BY id LIMIT 5');
+    const r = ok(
+      await analyst.call('postgres_query', {
+        target: 'app-db',
+        sql: 'SELECT email, card, ssn FROM customers ORDER BY id LIMIT 5',
+      }),
+    );
+    const raw = await su.query<{ email: string; card: string; ssn: string }>(
+      'SELECT email, card, ssn FROM customers ORDER BY id LIMIT 5',
+    );
     const seen = JSON.stringify(r.rows);
     for (const row of raw.rows) {
       expect(seen).not.toContain(row.email);
       if (row.card) expect(seen).not.toContain(row.card);
       if (row.ssn) expect(seen).not.toContain(row.ssn);
     }
-    const aliased = ok(await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT u.password AS p, u.id FROM users u ORDER BY id' }));
+    const aliased = ok(
+      await analyst.call('postgres_query', {
+        target: 'app-db',
+        sql: 'SELECT u.password AS p, u.id FROM users u ORDER BY id',
+      }),
+    );
     const pw = await su.query<{ password: string }>('SELECT password FROM users ORDER BY id');
     for (const row of pw.rows) expect(JSON.stringify(aliased.rows)).not.toContain(row.password);
     // A subquery and a CTE keep the column's origin too.
     const cte = ok(
-      await analyst.call('postgres_query', { target: 'app-db', sql: 'WITH x AS (SELECT password FROM users) SELECT * FROM (SELECT password AS q FROM x) s' }),
+      await analyst.call('postgres_query', {
+        target: 'app-db',
+        sql: 'WITH x AS (SELECT password FROM users) SELECT * FROM (SELECT password AS q FROM x) s',
+      }),
     );
     for (const row of pw.rows) expect(JSON.stringify(cte.rows)).not.toContain(row.password);
   });
 
   it('caps rows with truncated: true, bounded by the rule', async () => {
     const capped = await gw.connect(await gw.mint('capped-bob', []));
-    const s = ok(await capped.call('postgres_query', { target: 'app-db', sql: 'SELECT g FROM generate_series(1, 100000) g' }));
+    const s = ok(
+      await capped.call('postgres_query', {
+        target: 'app-db',
+        sql: 'SELECT g FROM generate_series(1, 100000) g',
+      }),
+    );
     expect(s.rows).toHaveLength(3);
     expect(s.truncated).toBe(true);
     // The caller may ask for fewer, never for more.
-    const fewer = ok(await capped.call('postgres_query', { target: 'app-db', sql: 'SELECT g FROM generate_series(1, 10) g', maxRows: 2 }));
+    const fewer = ok(
+      await capped.call('postgres_query', {
+        target: 'app-db',
+        sql: 'SELECT g FROM generate_series(1, 10) g',
+        maxRows: 2,
+      }),
+    );
     expect(fewer.rows).toHaveLength(2);
-    const more = ok(await capped.call('postgres_query', { target: 'app-db', sql: 'SELECT g FROM generate_series(1, 10) g', maxRows: 9 }));
+    const more = ok(
+      await capped.call('postgres_query', {
+        target: 'app-db',
+        sql: 'SELECT g FROM generate_series(1, 10) g',
+        maxRows: 9,
+      }),
+    );
     expect(more.rows).toHaveLength(3);
   });
 
@@ -164,7 +241,10 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
 
   it('refuses approve rules with APPROVAL_UNAVAILABLE until approvals exist', async () => {
     const before = await snapshotState(su);
-    const r = await analyst.call('postgres_query', { target: 'app-db', sql: "INSERT INTO canary VALUES (7, 'x')" });
+    const r = await analyst.call('postgres_query', {
+      target: 'app-db',
+      sql: "INSERT INTO canary VALUES (7, 'x')",
+    });
     expect(textOf(r)).toMatch(/^APPROVAL_UNAVAILABLE: .*writes-need-approval/);
     expect(await snapshotState(su)).toEqual(before);
   });
@@ -172,7 +252,11 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
   it('reports bad input as INVALID_INPUT', async () => {
     const syntax = await analyst.call('postgres_query', { target: 'app-db', sql: 'SELEC 1' });
     expect(textOf(syntax)).toMatch(/^INVALID_INPUT: syntax error at position \d+/);
-    const unknownKey = await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT 1', database: 'postgres' });
+    const unknownKey = await analyst.call('postgres_query', {
+      target: 'app-db',
+      sql: 'SELECT 1',
+      database: 'postgres',
+    });
     expect(textOf(unknownKey)).toMatch(/^INVALID_INPUT: /);
     const noTarget = await analyst.call('postgres_query', { sql: 'SELECT 1' });
     expect(textOf(noTarget)).toMatch(/^INVALID_INPUT: target/);
@@ -188,7 +272,12 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
   it('list_targets shows only what this identity may do', async () => {
     const r = await analyst.call('list_targets', {});
     expect(r.isError).toBeFalsy();
-    const { targets } = r.structuredContent as { targets: Array<{ name: string; tools: Array<{ operations: Array<{ operation: string; effect: string }> }> }> };
+    const { targets } = r.structuredContent as {
+      targets: Array<{
+        name: string;
+        tools: Array<{ operations: Array<{ operation: string; effect: string }> }>;
+      }>;
+    };
     expect(targets.map((t) => t.name)).toEqual(['app-db', 'app-db-rw']);
     expect(targets[0]!.tools[0]!.operations).toEqual([
       { operation: 'read', effect: 'allow' },
@@ -201,18 +290,37 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
 
   it('explain gives the decision without executing', async () => {
     const before = await snapshotState(su);
-    const r = await analyst.call('explain', { tool: 'postgres_query', input: { target: 'app-db', sql: 'DELETE FROM canary' } });
-    expect(r.structuredContent).toMatchObject({ effect: 'approve', rule: 'writes-need-approval', operation: 'write' });
-    expect((r.structuredContent as { parts: Array<{ tags: string[] }> }).parts[0]!.tags).toContain('unbounded');
+    const r = await analyst.call('explain', {
+      tool: 'postgres_query',
+      input: { target: 'app-db', sql: 'DELETE FROM canary' },
+    });
+    expect(r.structuredContent).toMatchObject({
+      effect: 'approve',
+      rule: 'writes-need-approval',
+      operation: 'write',
+    });
+    expect((r.structuredContent as { parts: Array<{ tags: string[] }> }).parts[0]!.tags).toContain(
+      'unbounded',
+    );
     expect(await snapshotState(su)).toEqual(before);
   });
 
   it('writes through the writer target when policy allows, in a session that is reset after', async () => {
     const writer = await gw.connect(await gw.mint('wendy', ['writers']));
-    const s = ok(await writer.call('postgres_query', { target: 'app-db-rw', sql: "INSERT INTO canary VALUES (500, 'w') RETURNING id" }));
+    const s = ok(
+      await writer.call('postgres_query', {
+        target: 'app-db-rw',
+        sql: "INSERT INTO canary VALUES (500, 'w') RETURNING id",
+      }),
+    );
     expect(s.rows).toEqual([[500]]);
     expect(s.operation).toBe('write');
-    ok(await writer.call('postgres_query', { target: 'app-db-rw', sql: 'DELETE FROM canary WHERE id = 500' }));
+    ok(
+      await writer.call('postgres_query', {
+        target: 'app-db-rw',
+        sql: 'DELETE FROM canary WHERE id = 500',
+      }),
+    );
     const check = await su.query('SELECT count(*)::int AS n FROM canary WHERE id = 500');
     expect(check.rows[0]).toEqual({ n: 0 });
   });
@@ -231,7 +339,11 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
         return;
       }
       expect(explained.isError, textOf(explained)).toBeFalsy();
-      const ex = explained.structuredContent as { operation: string; effect: string; parts: Array<{ tags: string[] }> };
+      const ex = explained.structuredContent as {
+        operation: string;
+        effect: string;
+        parts: Array<{ tags: string[] }>;
+      };
       expect(ex.operation.split(',')).toContain(c.expect);
       for (const tag of c.tags ?? []) expect(ex.parts.flatMap((p) => p.tags)).toContain(tag);
 

@@ -40,8 +40,15 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
   beforeAll(async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-stdio-'));
     configFile = await writeGatewayConfig(dir, { pg: pgInfo, policy });
-    const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', { create: true });
-    const token = await issuer.mint({ sub: 'alice', groups: ['analysts'], audience: 'gatehouse', ttlSec: 600 });
+    const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', {
+      create: true,
+    });
+    const token = await issuer.mint({
+      sub: 'alice',
+      groups: ['analysts'],
+      audience: 'gatehouse',
+      ttlSec: 600,
+    });
     transport = new StdioClientTransport({
       command: process.execPath,
       args: [...CLI, 'serve', '--config', configFile],
@@ -64,16 +71,33 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
   };
 
   it('serves reads, refusals and target errors without leaking the password', async () => {
-    expect((await call('postgres_query', { target: 'app-db', sql: 'SELECT id, email FROM customers LIMIT 2' })).isError).toBeFalsy();
-    expect((await call('postgres_query', { target: 'app-db', sql: 'DROP TABLE canary' })).isError).toBe(true);
-    expect((await call('postgres_query', { target: 'app-db', sql: 'SELECT * FROM no_such_table' })).content[0]).toMatchObject({
+    expect(
+      (
+        await call('postgres_query', {
+          target: 'app-db',
+          sql: 'SELECT id, email FROM customers LIMIT 2',
+        })
+      ).isError,
+    ).toBeFalsy();
+    expect(
+      (await call('postgres_query', { target: 'app-db', sql: 'DROP TABLE canary' })).isError,
+    ).toBe(true);
+    expect(
+      (await call('postgres_query', { target: 'app-db', sql: 'SELECT * FROM no_such_table' }))
+        .content[0],
+    ).toMatchObject({
       text: expect.stringMatching(/^TARGET_ERROR: app-db: 42P01/) as unknown,
     });
     const bad = await call('postgres_query', { target: 'app-db-badpw', sql: 'SELECT 1' });
-    expect(bad.content[0]).toMatchObject({ text: expect.stringMatching(/^TARGET_ERROR: cannot connect to app-db-badpw/) as unknown });
+    expect(bad.content[0]).toMatchObject({
+      text: expect.stringMatching(/^TARGET_ERROR: cannot connect to app-db-badpw/) as unknown,
+    });
     // Ask the server to reveal its own settings: the password is not among them, and the
     // connection string is never in the session.
-    await call('postgres_query', { target: 'app-db', sql: "SELECT current_setting('application_name'), current_user" });
+    await call('postgres_query', {
+      target: 'app-db',
+      sql: "SELECT current_setting('application_name'), current_user",
+    });
     await call('postgres_query', { target: 'app-db', sql: 'SELECT usename, passwd FROM pg_user' });
     await call('list_targets', {});
     await call('explain', { tool: 'postgres_query', input: { target: 'app-db', sql: 'SELECT 1' } });
@@ -83,19 +107,30 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
 
     const audit = await readFile(path.join(dir, 'audit.jsonl'), 'utf8');
     const recDir = path.join(dir, 'recordings');
-    const recordings = (await Promise.all((await readdir(recDir)).map((f) => readFile(path.join(recDir, f), 'utf8')))).join('\n');
+    const recordings = (
+      await Promise.all((await readdir(recDir)).map((f) => readFile(path.join(recDir, f), 'utf8')))
+    ).join('\n');
     expect(audit.length).toBeGreaterThan(0);
     expect(recordings.length).toBeGreaterThan(0);
     expect(stderr).toContain('serving MCP over stdio');
     const everything = { results: JSON.stringify(results), stderr, audit, recordings };
-    for (const secret of [pgInfo.reader.password, pgInfo.writer.password, pgInfo.superuser.password]) {
-      for (const [where, text] of Object.entries(everything)) expect(text.includes(secret), `${where} leaks a password`).toBe(false);
+    for (const secret of [
+      pgInfo.reader.password,
+      pgInfo.writer.password,
+      pgInfo.superuser.password,
+    ]) {
+      for (const [where, text] of Object.entries(everything))
+        expect(text.includes(secret), `${where} leaks a password`).toBe(false);
     }
   });
 
   it('gatehouse audit verify passes on that log, and fails on an edited or torn line', async () => {
     const file = path.join(dir, 'audit.jsonl');
-    const verify = () => spawnSync(process.execPath, [...CLI, 'audit', 'verify', '--file', file], { env: cliEnv(), encoding: 'utf8' });
+    const verify = () =>
+      spawnSync(process.execPath, [...CLI, 'audit', 'verify', '--file', file], {
+        env: cliEnv(),
+        encoding: 'utf8',
+      });
     const good = verify();
     expect(good.status, good.stderr + good.stdout).toBe(0);
 

@@ -61,18 +61,40 @@ describe('config', () => {
 `,
     );
     const [first] = await issues(loadConfig(file));
-    expect(first).toBe(`${file}:10:15: targets.app-db.password: a secret must be a reference ({ env: NAME } or { file: PATH }), never a literal value`);
+    expect(first).toBe(
+      `${file}:10:15: targets.app-db.password: a secret must be a reference ({ env: NAME } or { file: PATH }), never a literal value`,
+    );
     expect(first).not.toContain('hunter2');
   });
 
   it.each([
     ['an unknown key', `${base}  audiance: x\n`, /identity: Unrecognized key: "audiance"/],
-    ['no issuer at all', `identity:\n  audience: x\n`, /identity.issuer: required unless only devIssuer/],
-    ['an issuer without jwks', `identity:\n  issuer: https://idp.example.com/\n`, /identity.jwks: required/],
+    [
+      'no issuer at all',
+      `identity:\n  audience: x\n`,
+      /identity.issuer: required unless only devIssuer/,
+    ],
+    [
+      'an issuer without jwks',
+      `identity:\n  issuer: https://idp.example.com/\n`,
+      /identity.jwks: required/,
+    ],
     ['alg none', `${base}  algorithms: [none]\n`, /algorithm 'none' is never accepted/],
-    ['HS256 without a secret', `${base}  algorithms: [HS256]\n`, /HS256 listed without identity.hmacSecret/],
-    ['an ssh target without a pinned host key', `${base}targets:\n  web:\n    kind: ssh\n    host: h\n    user: u\n    privateKey: { file: k }\n`, /hostKey/],
-    ['a bad duration', `${base}targets:\n  db:\n    kind: postgres\n    host: h\n    database: d\n    user: u\n    connectTimeout: soon\n`, /not a duration/],
+    [
+      'HS256 without a secret',
+      `${base}  algorithms: [HS256]\n`,
+      /HS256 listed without identity.hmacSecret/,
+    ],
+    [
+      'an ssh target without a pinned host key',
+      `${base}targets:\n  web:\n    kind: ssh\n    host: h\n    user: u\n    privateKey: { file: k }\n`,
+      /hostKey/,
+    ],
+    [
+      'a bad duration',
+      `${base}targets:\n  db:\n    kind: postgres\n    host: h\n    database: d\n    user: u\n    connectTimeout: soon\n`,
+      /not a duration/,
+    ],
     ['broken YAML', `identity: [\n`, /gatehouse.yaml:\d+:\d+: /],
     ['a duplicate key', `${base}identity: {}\n`, /gatehouse.yaml:4:1: Map keys must be unique/],
   ])('refuses %s', async (_name, text, message) => {
@@ -89,7 +111,10 @@ describe('config', () => {
     expect(await resolveSecret({ file: 'pw.txt' }, dir, 'target x')).toBe('from-file');
     const missing = resolveSecret({ env: 'GH_UNIT_NOT_SET' }, dir, 'target x');
     await expect(missing).rejects.toBeInstanceOf(GovernanceError);
-    await expect(missing).rejects.toMatchObject({ code: 'TARGET_ERROR', message: 'credentials for target x are not available' });
+    await expect(missing).rejects.toMatchObject({
+      code: 'TARGET_ERROR',
+      message: 'credentials for target x are not available',
+    });
   });
 });
 
@@ -105,9 +130,13 @@ describe('policy files', () => {
     );
     const c = await write('policies/c.yaml', `rules:\n  - id: two\n    effect: maybe\n`);
     const b = await write('policies/b.yaml', `rules:\n  - id: one\n    effect: deny\n`);
-    const all = await issues(loadPolicies([path.join(dir, 'policies/*.yaml')], path.join(dir, 'gatehouse.yaml')));
+    const all = await issues(
+      loadPolicies([path.join(dir, 'policies/*.yaml')], path.join(dir, 'gatehouse.yaml')),
+    );
     expect(all).toContainEqual(expect.stringMatching(new RegExp(`^${c}:3:13: rules.0.effect: `)));
-    expect(all).toContainEqual(`${b}:2:9: rules.0.id: duplicate rule id "one" (first defined at ${a}:2:9)`);
+    expect(all).toContainEqual(
+      `${b}:2:9: rules.0.id: duplicate rule id "one" (first defined at ${a}:2:9)`,
+    );
     expect(all).toContainEqual(`${a}:4:12: rules.0.mask.0: unknown masking profile "nope"`);
   });
 

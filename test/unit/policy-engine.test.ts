@@ -1,11 +1,25 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_LIMITS, PolicyEngine, type CallFacts, type CallPart } from '../../policies/engine.js';
+import {
+  DEFAULT_LIMITS,
+  PolicyEngine,
+  type CallFacts,
+  type CallPart,
+} from '../../policies/engine.js';
 import { Rule } from '../../policies/schema.js';
 
 const rules = (list: unknown[]) => new PolicyEngine(list.map((r) => Rule.parse(r)));
-const part = (operation: string, extra: Partial<CallPart> = {}): CallPart => ({ operation, tags: [], reason: `does ${operation}`, ...extra });
+const part = (operation: string, extra: Partial<CallPart> = {}): CallPart => ({
+  operation,
+  tags: [],
+  reason: `does ${operation}`,
+  ...extra,
+});
 const facts = (over: Partial<CallFacts> = {}): CallFacts => ({
-  principal: { sub: 'alice', groups: ['analysts'], claims: { dept: 'finance', org: { tier: 'gold' } } },
+  principal: {
+    sub: 'alice',
+    groups: ['analysts'],
+    claims: { dept: 'finance', org: { tier: 'gold' } },
+  },
   tool: 'postgres_query',
   target: 'app-db',
   parts: [part('read')],
@@ -31,14 +45,24 @@ describe('policy engine', () => {
 
   it('gives a call of several parts its strictest part, so an allowed part cannot carry a denied one', () => {
     const engine = rules([{ id: 'reads', match: { operations: ['read'] }, effect: 'allow' }]);
-    const d = engine.decide(facts({ parts: [part('read'), part('admin', { reason: 'statement is admin (TransactionStmt)' }), part('ddl')] }));
+    const d = engine.decide(
+      facts({
+        parts: [
+          part('read'),
+          part('admin', { reason: 'statement is admin (TransactionStmt)' }),
+          part('ddl'),
+        ],
+      }),
+    );
     expect(d.effect).toBe('deny');
     expect(d.rule).toBe('default-deny');
     expect(d.reason).toMatch(/TransactionStmt/);
   });
 
   it('denies a call that has no parts at all', () => {
-    expect(rules([{ id: 'all', match: {}, effect: 'allow' }]).decide(facts({ parts: [] })).effect).toBe('deny');
+    expect(
+      rules([{ id: 'all', match: {}, effect: 'allow' }]).decide(facts({ parts: [] })).effect,
+    ).toBe('deny');
   });
 
   it.each([
@@ -69,34 +93,70 @@ describe('policy engine', () => {
       { id: 'no-unbounded', match: { tags: ['unbounded'] }, effect: 'deny' },
     ]);
     expect(engine.decide(facts({ parts: [part('write')] })).effect).toBe('allow');
-    expect(engine.decide(facts({ parts: [part('write', { tags: ['unbounded'] })] })).rule).toBe('no-unbounded');
+    expect(engine.decide(facts({ parts: [part('write', { tags: ['unbounded'] })] })).rule).toBe(
+      'no-unbounded',
+    );
   });
 
   it('never matches a target glob for a call without a target', () => {
-    expect(rules([{ id: 'r', match: { targets: ['*'] }, effect: 'allow' }]).decide(facts({ target: null })).effect).toBe('deny');
+    expect(
+      rules([{ id: 'r', match: { targets: ['*'] }, effect: 'allow' }]).decide(
+        facts({ target: null }),
+      ).effect,
+    ).toBe('deny');
   });
 
   it('globs do not cross into other names by case or prefix tricks', () => {
-    const engine = rules([{ id: 'r', match: { targets: ['app-db'], subjects: ['alice'] }, effect: 'allow' }]);
+    const engine = rules([
+      { id: 'r', match: { targets: ['app-db'], subjects: ['alice'] }, effect: 'allow' },
+    ]);
     expect(engine.decide(facts({ target: 'APP-DB' })).effect).toBe('deny');
     expect(engine.decide(facts({ target: 'app-db-rw' })).effect).toBe('deny');
-    expect(engine.decide(facts({ principal: { sub: 'alice2', groups: [], claims: {} } })).effect).toBe('deny');
+    expect(
+      engine.decide(facts({ principal: { sub: 'alice2', groups: [], claims: {} } })).effect,
+    ).toBe('deny');
   });
 
   it('takes the tightest limits and the union of masks of the rules that let the call through', () => {
     const engine = rules([
-      { id: 'a', match: {}, effect: 'allow', mask: ['pii'], limits: { maxRows: 100, timeout: '10s' } },
-      { id: 'b', match: { groups: ['analysts'] }, effect: 'allow', mask: ['secrets'], limits: { maxRows: 20, maxOutputBytes: '64KiB' } },
+      {
+        id: 'a',
+        match: {},
+        effect: 'allow',
+        mask: ['pii'],
+        limits: { maxRows: 100, timeout: '10s' },
+      },
+      {
+        id: 'b',
+        match: { groups: ['analysts'] },
+        effect: 'allow',
+        mask: ['secrets'],
+        limits: { maxRows: 20, maxOutputBytes: '64KiB' },
+      },
     ]);
     const d = engine.decide(facts());
     expect(d.mask.sort()).toEqual(['pii', 'secrets']);
     expect(d.limits).toEqual({ maxRows: 20, timeoutMs: 10_000, maxOutputBytes: 65536 });
-    expect(rules([{ id: 'x', match: {}, effect: 'allow' }]).decide(facts()).limits).toEqual(DEFAULT_LIMITS);
+    expect(rules([{ id: 'x', match: {}, effect: 'allow' }]).decide(facts()).limits).toEqual(
+      DEFAULT_LIMITS,
+    );
   });
 
   it('carries the approval block of an approve rule', () => {
-    const d = rules([{ id: 'w', match: {}, effect: 'approve', approval: { approvers: { groups: ['dba'] }, timeout: '2m', grant: '15m' } }]).decide(facts());
-    expect(d.approval).toMatchObject({ rule: 'w', timeout: 120_000, grant: 900_000, approvers: { groups: ['dba'] } });
+    const d = rules([
+      {
+        id: 'w',
+        match: {},
+        effect: 'approve',
+        approval: { approvers: { groups: ['dba'] }, timeout: '2m', grant: '15m' },
+      },
+    ]).decide(facts());
+    expect(d.approval).toMatchObject({
+      rule: 'w',
+      timeout: 120_000,
+      grant: 900_000,
+      approvers: { groups: ['dba'] },
+    });
   });
 });
 

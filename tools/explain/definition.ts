@@ -12,7 +12,9 @@ export const ExplainOutput = z.object({
   rule: z.string(),
   reason: z.string(),
   operation: z.string(),
-  parts: z.array(z.object({ operation: z.string(), tags: z.array(z.string()), reason: z.string() })),
+  parts: z.array(
+    z.object({ operation: z.string(), tags: z.array(z.string()), reason: z.string() }),
+  ),
   limits: z.object({ maxRows: z.number(), timeoutMs: z.number(), maxOutputBytes: z.number() }),
   mask: z.array(z.string()),
 });
@@ -23,5 +25,10 @@ export const explainMeta = {
   title: 'Explain a decision',
   description:
     'Show the decision you would get for a call (effect, rule, reason, limits, masking) without executing it.',
-  annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  annotations: {
+    readOnlyHint: true,
+    destructiveHint: false,
+    idempotentHint: true,
+    openWorldHint: false,
+  },
 } as const;

@@ -11,7 +11,9 @@ export const ListTargetsOutput = z.object({
       tools: z.array(
         z.object({
           tool: z.string(),
-          operations: z.array(z.object({ operation: z.string(), effect: z.enum(['allow', 'approve']) })),
+          operations: z.array(
+            z.object({ operation: z.string(), effect: z.enum(['allow', 'approve']) }),
+          ),
         }),
       ),
     }),
@@ -25,5 +27,10 @@ export const listTargetsMeta = {
   description:
     'List the targets this identity may use, with their kind and the operations policy allows ' +
     '(effect "approve" means a human must approve each call).',
-  annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  annotations: {
+    readOnlyHint: true,
+    destructiveHint: false,
+    idempotentHint: true,
+    openWorldHint: false,
+  },
 } as const;

@@ -8,9 +8,19 @@ const Param = z.union([z.string(), z.number(), z.boolean(), z.null()]);
 
 export const PostgresQueryInput = z.strictObject({
   target: z.string().min(1).describe('Target name, from list_targets'),
-  sql: z.string().min(1).max(100_000).describe('Exactly one SQL statement; use $1, $2... for parameters'),
+  sql: z
+    .string()
+    .min(1)
+    .max(100_000)
+    .describe('Exactly one SQL statement; use $1, $2... for parameters'),
   params: z.array(Param).max(1_000).optional().describe('Values for $1, $2...'),
-  maxRows: z.number().int().min(1).max(100_000).optional().describe('At most this many rows (policy may lower it)'),
+  maxRows: z
+    .number()
+    .int()
+    .min(1)
+    .max(100_000)
+    .optional()
+    .describe('At most this many rows (policy may lower it)'),
 });
 export type PostgresQueryInput = z.infer<typeof PostgresQueryInput>;
 
@@ -36,7 +46,12 @@ export function postgresQueryTool(
       'read-only session. Result values may be masked.',
     inputSchema: PostgresQueryInput,
     outputSchema: PostgresQueryOutput,
-    annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
+    annotations: {
+      readOnlyHint: false,
+      destructiveHint: true,
+      idempotentHint: false,
+      openWorldHint: false,
+    },
     targetKind: 'postgres',
     operations: POSTGRES_OPERATIONS,
     async describe(input) {
@@ -44,7 +59,11 @@ export function postgresQueryTool(
       return {
         target: input.target,
         // One part per statement: a call with several statements gets the strictest one's decision.
-        parts: c.statements.map((s) => ({ operation: s.operation, tags: s.tags, reason: s.reason })),
+        parts: c.statements.map((s) => ({
+          operation: s.operation,
+          tags: s.tags,
+          reason: s.reason,
+        })),
         auditInput: { sql: input.sql, ...(input.params ? { params: input.params } : {}) },
       };
     },

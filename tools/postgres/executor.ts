@@ -30,7 +30,10 @@ export class PostgresExecutor {
   ): Promise<ToolOutput> {
     if (req.statementCount !== 1) {
       // The extended protocol refuses several statements anyway; say it plainly first.
-      throw new GovernanceError('INVALID_INPUT', `one statement per call (got ${req.statementCount})`);
+      throw new GovernanceError(
+        'INVALID_INPUT',
+        `one statement per call (got ${req.statementCount})`,
+      );
     }
     const readOnly = req.operation === 'read';
     const pool = this.pools.get(target, readOnly ? 'read' : 'write', limits.timeoutMs);
@@ -47,16 +50,22 @@ export class PostgresExecutor {
       destroy = true;
       // Ending the socket is the only sure way to stop a running statement from here;
       // statement_timeout on the server side normally fires first.
-      (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+      (
+        client as unknown as { connection?: { stream?: { destroy(): void } } }
+      ).connection?.stream?.destroy();
     };
     // A client-side backstop a little after the server's statement_timeout.
     const timer = setTimeout(onAbort, limits.timeoutMs + 2_000);
     signal.addEventListener('abort', onAbort, { once: true });
     try {
       const cursor = client.query(new Cursor(req.sql, req.params, { rowMode: 'array' }));
-      const { rows, result } = await new Promise<{ rows: unknown[][]; result: pg.QueryResult }>((resolve, reject) => {
-        cursor.read(req.maxRows + 1, (err, rows: unknown[][], result) => (err ? reject(err) : resolve({ rows, result })));
-      });
+      const { rows, result } = await new Promise<{ rows: unknown[][]; result: pg.QueryResult }>(
+        (resolve, reject) => {
+          cursor.read(req.maxRows + 1, (err, rows: unknown[][], result) =>
+            err ? reject(err) : resolve({ rows, result }),
+          );
+        },
+      );
       const truncated = rows.length > req.maxRows;
       if (truncated) {
         rows.length = req.maxRows;
@@ -82,11 +91,22 @@ export class PostgresExecutor {
     fields: pg.FieldDef[],
   ): Promise<Array<ColumnOrigin & { type: string }>> {
     let cache = this.origins.get(targetName);
-    if (!cache) this.origins.set(targetName, (cache = new Map()));
-    const missing = fields.filter((f) => f.tableID !== 0 && !cache.has(`${f.tableID}:${f.columnID}`));
+    if (!cache) {
+      cache = new Map() as OriginCache;
+      this.origins.set(targetName, cache);
+    }
+    const missing = fields.filter(
+      (f) => f.tableID !== 0 && !cache.has(`${f.tableID}:${f.columnID}`),
+    );
     if (missing.length > 0) {
       // Fields carry oids only; the names come from the catalog (readable by any role).
-      const res = await client.query<{ t: number; n: number; schema: string; table: string; column: string }>({
+      const res = await client.query<{
+        t: number;
+        n: number;
+        schema: string;
+        table: string;
+        column: string;
+      }>({
         text: `SELECT a.attrelid::int8 AS t, a.attnum::int AS n, ns.nspname AS schema, c.relname AS table, a.attname AS column
                  FROM pg_catalog.pg_attribute a
                  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
@@ -94,7 +114,8 @@ export class PostgresExecutor {
                 WHERE (a.attrelid, a.attnum) IN (SELECT * FROM unnest($1::oid[], $2::int2[]))`,
         values: [missing.map((f) => f.tableID), missing.map((f) => f.columnID)],
       });
-      for (const r of res.rows) cache.set(`${r.t}:${r.n}`, { schema: r.schema, table: r.table, column: r.column });
+      for (const r of res.rows)
+        cache.set(`${r.t}:${r.n}`, { schema: r.schema, table: r.table, column: r.column });
     }
     return fields.map((f) => {
       const origin = f.tableID !== 0 ? cache.get(`${f.tableID}:${f.columnID}`) : undefined;
@@ -113,10 +134,32 @@ function toJsonValue(v: unknown): unknown {
 }
 
 const TYPE_NAMES: Record<number, string> = {
-  16: 'bool', 17: 'bytea', 18: 'char', 19: 'name', 20: 'int8', 21: 'int2', 23: 'int4', 25: 'text', 26: 'oid',
-  114: 'json', 700: 'float4', 701: 'float8', 1042: 'bpchar', 1043: 'varchar', 1082: 'date', 1083: 'time',
-  1114: 'timestamp', 1184: 'timestamptz', 1186: 'interval', 1700: 'numeric', 2950: 'uuid', 3802: 'jsonb',
-  1009: 'text[]', 1007: 'int4[]', 1016: 'int8[]', 869: 'inet',
+  16: 'bool',
+  17: 'bytea',
+  18: 'char',
+  19: 'name',
+  20: 'int8',
+  21: 'int2',
+  23: 'int4',
+  25: 'text',
+  26: 'oid',
+  114: 'json',
+  700: 'float4',
+  701: 'float8',
+  1042: 'bpchar',
+  1043: 'varchar',
+  1082: 'date',
+  1083: 'time',
+  1114: 'timestamp',
+  1184: 'timestamptz',
+  1186: 'interval',
+  1700: 'numeric',
+  2950: 'uuid',
+  3802: 'jsonb',
+  1009: 'text[]',
+  1007: 'int4[]',
+  1016: 'int8[]',
+  869: 'inet',
 };
 
 function typeName(oid: number): string {
@@ -131,11 +174,26 @@ function typeName(oid: number): string {
 function mapPgError(err: unknown, target: string, aborted: boolean): GovernanceError {
   if (err instanceof GovernanceError) return err;
   const e = err as { code?: string; message?: string; position?: string };
-  if (aborted) return new GovernanceError('TIMEOUT', `query on ${target} was cancelled`, { cause: err });
-  if (e.code === '57014') return new GovernanceError('TIMEOUT', `query on ${target} exceeded its time limit`, { cause: err });
-  if (typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code) && !e.code.startsWith('08') && !e.code.startsWith('28')) {
+  if (aborted)
+    return new GovernanceError('TIMEOUT', `query on ${target} was cancelled`, { cause: err });
+  if (e.code === '57014')
+    return new GovernanceError('TIMEOUT', `query on ${target} exceeded its time limit`, {
+      cause: err,
+    });
+  if (
+    typeof e.code === 'string' &&
+    /^[0-9A-Z]{5}$/.test(e.code) &&
+    !e.code.startsWith('08') &&
+    !e.code.startsWith('28')
+  ) {
     const pos = e.position ? ` (at position ${e.position})` : '';
-    return new GovernanceError('TARGET_ERROR', `${target}: ${e.code} ${e.message ?? 'error'}${pos}`, { cause: err });
+    return new GovernanceError(
+      'TARGET_ERROR',
+      `${target}: ${e.code} ${e.message ?? 'error'}${pos}`,
+      { cause: err },
+    );
   }
-  return new GovernanceError('TARGET_ERROR', `${target}: the database connection failed`, { cause: err });
+  return new GovernanceError('TARGET_ERROR', `${target}: the database connection failed`, {
+    cause: err,
+  });
 }

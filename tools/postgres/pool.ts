@@ -28,8 +28,20 @@ export class PostgresPools {
 
   get(target: ResolvedPostgresTarget, mode: PoolMode, statementTimeoutMs: number): pg.Pool {
     // The credential is part of the key (as a digest) so a rotated password gets a fresh pool.
-    const credential = createHash('sha256').update(target.password ?? '').digest('hex').slice(0, 16);
-    const key = [target.name, mode, statementTimeoutMs, credential, target.host, target.port, target.database, target.user].join('\0');
+    const credential = createHash('sha256')
+      .update(target.password ?? '')
+      .digest('hex')
+      .slice(0, 16);
+    const key = [
+      target.name,
+      mode,
+      statementTimeoutMs,
+      credential,
+      target.host,
+      target.port,
+      target.database,
+      target.user,
+    ].join('\0');
     let pool = this.pools.get(key);
     if (!pool) {
       const options = [
@@ -48,7 +60,10 @@ export class PostgresPools {
         ssl:
           target.ssl === 'disable'
             ? false
-            : { rejectUnauthorized: target.ssl === 'verify-full', ...(target.sslCa ? { ca: target.sslCa } : {}) },
+            : {
+                rejectUnauthorized: target.ssl === 'verify-full',
+                ...(target.sslCa ? { ca: target.sslCa } : {}),
+              },
         max: target.poolSize,
         idleTimeoutMillis: 30_000,
         connectionTimeoutMillis: target.connectTimeoutMs,
@@ -57,7 +72,12 @@ export class PostgresPools {
         options,
       });
       // An idle client's error (server restart) must not crash the process.
-      pool.on('error', (err) => log.warn({ target: target.name, code: (err as { code?: string }).code }, 'idle postgres connection failed'));
+      pool.on('error', (err) =>
+        log.warn(
+          { target: target.name, code: (err as { code?: string }).code },
+          'idle postgres connection failed',
+        ),
+      );
       this.pools.set(key, pool);
     }
     return pool;
