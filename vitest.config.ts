@@ -17,6 +17,9 @@ export default defineConfig({
           include: ['test/integration/**/*.test.ts'],
           // Starts one real PostgreSQL for the whole run and stops exactly the PID it started.
           globalSetup: ['test/helpers/global-setup.ts'],
+          // The files share that server and compare its state before and after calls (rows,
+          // sequences, schema, roles): one file at a time, so no file moves another's baseline.
+          fileParallelism: false,
         },
       },
     ],

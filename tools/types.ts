@@ -29,6 +29,8 @@ export interface CallDescription {
   parts: CallPart[];
   /** What the audit log records as `input`: the call's own text, never a secret. */
   auditInput: unknown;
+  /** The tool's own notes from describe for execute (e.g. the SQL to run in another form). */
+  plan?: Record<string, unknown>;
 }
 
 export interface ExecContext<Target> {

@@ -278,7 +278,9 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
         tools: Array<{ operations: Array<{ operation: string; effect: string }> }>;
       }>;
     };
-    expect(targets.map((t) => t.name)).toEqual(['app-db', 'app-db-rw']);
+    // writes-need-approval names no target, so every target offers the analyst "write: approve".
+    expect(targets.map((t) => t.name)).toEqual(['app-db', 'app-db-rw', 'app-db-badpw']);
+    expect(targets[2]!.tools[0]!.operations).toEqual([{ operation: 'write', effect: 'approve' }]);
     expect(targets[0]!.tools[0]!.operations).toEqual([
       { operation: 'read', effect: 'allow' },
       { operation: 'write', effect: 'approve' },

@@ -158,3 +158,29 @@ describe('function lists', () => {
     expect(classifyFunction(['ext', 'nextval']).operation).toBe('write');
   });
 });
+
+describe('COPY through STDOUT/STDIN', () => {
+  it.each([
+    ['COPY canary TO STDOUT', 'SELECT * FROM "canary"'],
+    [
+      'copy public.canary (id, v) to stdout with (format csv)',
+      'SELECT "id", "v" FROM "public"."canary"',
+    ],
+    ['COPY "We""ird" TO STDOUT', 'SELECT * FROM "We""ird"'],
+    ["COPY (SELECT ')' AS p, 'é' FROM t /* ) */) TO STDOUT", "SELECT ')' AS p, 'é' FROM t /* ) */"],
+    ['  -- lead\n COPY ( SELECT (1) ) TO STDOUT (FORMAT csv, HEADER)', 'SELECT (1)'],
+    ['COPY (DELETE FROM canary RETURNING *) TO STDOUT', 'DELETE FROM canary RETURNING *'],
+  ])('%s runs as its query', async (sql, runAs) => {
+    const c = await classifySql(sql);
+    expect(c.runAs).toBe(runAs);
+    expect(c.unsupported).toBeUndefined();
+  });
+
+  it('COPY FROM STDIN is refused as unsupported; server files and PROGRAM need nothing', async () => {
+    expect((await classifySql('COPY canary FROM STDIN')).unsupported).toMatch(/COPY FROM STDIN/);
+    const file = await classifySql("COPY canary TO '/tmp/x'");
+    expect(file.runAs).toBeUndefined();
+    expect(file.operation).toBe('admin');
+    expect((await classifySql('SELECT 1')).runAs).toBeUndefined();
+  });
+});

@@ -1,4 +1,5 @@
 import { loadModule, parseSync } from 'libpg-query';
+import { copyToStdoutAsQuery } from './copy.js';
 import { GovernanceError } from '../../server/errors.js';
 import {
   adminFunctionReason,
@@ -42,6 +43,13 @@ export interface SqlClassification {
   statements: StatementClass[];
   /** The reason of the strictest statement. */
   reason: string;
+  /**
+   * For a single statement that the executor must run in another form: the SQL to run
+   * (`COPY ... TO STDOUT` runs as its query, see copy.ts). Policy decides on the original.
+   */
+  runAs?: string;
+  /** For a single statement postgres_query cannot run at all (COPY FROM STDIN): why. */
+  unsupported?: string;
 }
 
 const RANK: Record<SqlOperation, number> = { read: 0, write: 1, ddl: 2, unknown: 3, admin: 4 };
@@ -489,7 +497,7 @@ export async function classifySql(sql: string): Promise<SqlClassification> {
   if (sql.trim() === '') throw invalid(1, 'no statement (empty or only comments)');
 
   await ensureParser();
-  let parsed: { stmts?: Array<{ stmt?: unknown }> };
+  let parsed: { stmts?: Array<{ stmt?: unknown; stmt_location?: number; stmt_len?: number }> };
   try {
     parsed = parseSync(sql);
   } catch (err) {
@@ -511,5 +519,30 @@ export async function classifySql(sql: string): Promise<SqlClassification> {
   let strictest = statements[0] as StatementClass;
   for (const s of statements) if (RANK[s.operation] > RANK[strictest.operation]) strictest = s;
   const tags = [...new Set(statements.flatMap((s) => s.tags))].sort();
-  return { operation: strictest.operation, tags, statements, reason: strictest.reason };
+  return {
+    operation: strictest.operation,
+    tags,
+    statements,
+    reason: strictest.reason,
+    ...copyForm(sql, parsed.stmts ?? []),
+  };
+}
+
+/** COPY through STDIN/STDOUT needs the copy sub-protocol; see copy.ts. */
+function copyForm(
+  sql: string,
+  stmts: Array<{ stmt?: unknown; stmt_location?: number; stmt_len?: number }>,
+): { runAs?: string; unsupported?: string } {
+  const only = stmts.length === 1 ? stmts[0] : undefined;
+  const copy = isObj(only?.stmt) && isObj(only.stmt.CopyStmt) ? only.stmt.CopyStmt : undefined;
+  if (!copy || copy.is_program === true || typeof copy.filename === 'string') return {};
+  if (copy.is_from === true) {
+    return { unsupported: 'COPY FROM STDIN is not supported by postgres_query: use INSERT' };
+  }
+  const start = only?.stmt_location ?? 0;
+  const end = only?.stmt_len !== undefined ? start + only.stmt_len : Buffer.byteLength(sql);
+  const runAs = copyToStdoutAsQuery(sql, copy, start, end);
+  return runAs
+    ? { runAs }
+    : { unsupported: 'this COPY TO STDOUT form is not supported by postgres_query: use SELECT' };
 }

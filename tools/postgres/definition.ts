@@ -1,3 +1,4 @@
+import { GovernanceError } from '../../server/errors.js';
 import { z } from 'zod';
 import type { GovernedTool } from '../types.js';
 import { classifySql } from './classify.js';
@@ -65,13 +66,16 @@ export function postgresQueryTool(
           reason: s.reason,
         })),
         auditInput: { sql: input.sql, ...(input.params ? { params: input.params } : {}) },
+        plan: { runAs: c.runAs, unsupported: c.unsupported },
       };
     },
     async execute(input, ctx) {
+      const plan = ctx.description.plan as { runAs?: string; unsupported?: string } | undefined;
+      if (plan?.unsupported) throw new GovernanceError('INVALID_INPUT', plan.unsupported);
       return executor.run(
         ctx.target,
         {
-          sql: input.sql,
+          sql: plan?.runAs ?? input.sql,
           params: input.params ?? [],
           maxRows: Math.min(input.maxRows ?? ctx.limits.maxRows, ctx.limits.maxRows),
           operation: mostStrict(ctx.description.parts.map((p) => p.operation)),
