@@ -150,10 +150,8 @@ describe.skipIf(!pgInfo.available)('the PostgreSQL harness', () => {
     for (const u of users.rows) expect(u.password).toMatch(/^\$2b\$12\$.{53}$/);
     expect(before.canary?.length).toBeGreaterThan(0);
     // Other test files share this server and may have called nextval() already.
-    expect(before.canarySeq).toEqual({
-      lastValue: expect.stringMatching(/^\d+$/),
-      isCalled: expect.any(Boolean),
-    });
+    expect(before.canarySeq?.lastValue).toMatch(/^\d+$/);
+    expect(typeof before.canarySeq?.isCalled).toBe('boolean');
   });
 
   it('lets the reader read, and refuses it every write (42501)', async () => {
