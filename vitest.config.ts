@@ -19,7 +19,7 @@ export default defineConfig({
           globalSetup: ['test/helpers/global-setup.ts'],
           // The files share that server and compare its state before and after calls (rows,
           // sequences, schema, roles): one file at a time, so no file moves another's baseline.
-          fileParallelism: false,
+          poolOptions: { forks: { singleFork: true } },
         },
       },
     ],

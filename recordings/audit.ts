@@ -17,7 +17,8 @@ import { canonicalJson } from './canonical.js';
  * deleted file or a writer that ignored the lock makes appends fail (and the call with them)
  * instead of forking or silently losing the chain.
  *
- * Why not pino here, although the process log is pino: pino adds its own keys and serializes
+ * Lines have pino's shape (`level`, `time` as pino's isoTime, `msg`), so pino-pretty and log
+ * pipelines built for pino read them. Why not pino's writer, although the process log is pino: pino adds its own keys and serializes
  * in insertion order, and its sync destination (sonic-boom) reports a failed write as an
  * 'error' event and swallows fsync errors, so a lost line could not reject `append()`. The
  * audit log must fail closed, so it writes with a plain file handle and `datasync()`.
@@ -54,6 +55,10 @@ export interface AuditRecord {
 }
 
 export interface AuditLine extends AuditRecord {
+  /** pino's numeric level: 30 (info), 40 (warn) for a denial or a failed outcome. */
+  level: number;
+  /** pino's message key: `<kind> <tool> <effect or status>`, for log pipelines and pino-pretty. */
+  msg: string;
   time: string;
   seq: number;
   prev: string;
@@ -192,7 +197,11 @@ export class AuditLog {
     const body = JSON.parse(JSON.stringify(rec)) as Record<string, unknown>;
     delete body.hash;
     const seq = this.seq + 1;
+    const refused =
+      rec.kind === 'decision' ? rec.decision.effect === 'deny' : rec.outcome?.status !== 'ok';
     const line: Record<string, unknown> = {
+      level: refused ? 40 : 30,
+      msg: `${rec.kind} ${rec.tool} ${rec.kind === 'decision' ? rec.decision.effect : (rec.outcome?.status ?? 'unknown')}`,
       ...body,
       time: new Date().toISOString(),
       seq,

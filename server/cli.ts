@@ -44,6 +44,13 @@ class UsageError extends Error {}
 
 const io = { out: process.stdout, err: process.stderr };
 
+// `gatehouse audit tail | head`: the reader went away, which is a normal end for a reader
+// command. (serve never gets here: its stdout is the MCP channel, handled by the transport.)
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw err;
+});
+
 function parse<T extends NonNullable<ParseArgsConfig['options']>>(
   args: string[],
   options: T,

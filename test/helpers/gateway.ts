@@ -33,7 +33,13 @@ export interface TestClient {
  */
 export async function writeGatewayConfig(
   dir: string,
-  opts: { pg: PgInfo; policy: string | Record<string, unknown>; clockToleranceSec?: number },
+  opts: {
+    pg: PgInfo;
+    policy: string | Record<string, unknown>;
+    clockToleranceSec?: number;
+    /** Merged into `identity:` (e.g. an external issuer beside the dev issuer). */
+    identity?: Record<string, unknown>;
+  },
 ): Promise<string> {
   // Secrets reach the gateway the way they would in production: by reference.
   process.env.GH_TEST_READER_PASSWORD = opts.pg.reader.password;
@@ -59,6 +65,7 @@ export async function writeGatewayConfig(
         audience: 'gatehouse',
         devIssuer: { keyFile: 'dev-issuer.json' },
         clockToleranceSec: opts.clockToleranceSec ?? 30,
+        ...opts.identity,
       },
       targets: {
         'app-db': target(opts.pg.reader.user, 'GH_TEST_READER_PASSWORD'),
@@ -83,6 +90,7 @@ export async function startGateway(opts: {
   pg: PgInfo;
   policy: string | Record<string, unknown>;
   clockToleranceSec?: number;
+  identity?: Record<string, unknown>;
 }): Promise<TestGateway> {
   const dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-gw-'));
   const configFile = await writeGatewayConfig(dir, opts);

@@ -8,6 +8,7 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -40,6 +41,20 @@ const BUMP = { target: 'app-db-rw', sql: "SELECT nextval('canary_seq')" };
 
 const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
 
+/**
+ * Signs exactly the header and payload given (jose's SignJWT refuses some of the headers
+ * an attacker would send, such as an unknown crit), with the dev issuer's own key or an
+ * attacker's.
+ */
+const rawSign = (
+  key: KeyObject,
+  header: Record<string, unknown>,
+  body: Record<string, unknown>,
+) => {
+  const input = `${b64(header)}.${b64(body)}`;
+  return `${input}.${sign(null, Buffer.from(input), key).toString('base64url')}`;
+};
+
 describe.skipIf(!pgInfo.available)('identity through the pipeline', () => {
   let gw: TestGateway;
   let su: pg.Client;
@@ -60,20 +75,6 @@ describe.skipIf(!pgInfo.available)('identity through the pipeline', () => {
     await su?.end();
     await gw?.close();
   });
-
-  /**
-   * Signs exactly the header and payload given (jose's SignJWT refuses some of the headers
-   * an attacker would send, such as an unknown crit), with the dev issuer's own key or an
-   * attacker's.
-   */
-  const rawSign = (
-    key: KeyObject,
-    header: Record<string, unknown>,
-    body: Record<string, unknown>,
-  ) => {
-    const input = `${b64(header)}.${b64(body)}`;
-    return `${input}.${sign(null, Buffer.from(input), key).toString('base64url')}`;
-  };
 
   const forged = async (): Promise<Array<[string, string]>> => {
     const [header, payload, sig] = valid.split('.') as [string, string, string];
@@ -196,5 +197,59 @@ describe.skipIf(!pgInfo.available)('identity through the pipeline', () => {
     expect(refused.every((l) => l.sub === '(unauthenticated)' || typeof l.sub === 'string')).toBe(
       true,
     );
+  });
+});
+
+describe.skipIf(!pgInfo.available)('#13 an unreachable JWKS endpoint, through the pipeline', () => {
+  let gw: TestGateway;
+  let su: pg.Client;
+  let jwksUrl: string;
+  beforeAll(async () => {
+    // A port that was just free: nothing listens there, so the fetch is refused.
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const { port } = probe.address() as AddressInfo;
+    await new Promise((r) => probe.close(r));
+    jwksUrl = `http://127.0.0.1:${port}/jwks.json`;
+    gw = await startGateway({
+      pg: pgInfo,
+      policy,
+      identity: { issuer: 'https://idp.gatehouse.test/', jwks: jwksUrl, algorithms: ['EdDSA'] },
+    });
+    su = await connectAs(pgInfo, 'superuser');
+  });
+  afterAll(async () => {
+    await su?.end();
+    await gw?.close();
+  });
+
+  it('refuses a token of that issuer (fail closed) and runs nothing; the dev issuer still works', async () => {
+    const seq = async () =>
+      (await su.query('SELECT last_value, is_called FROM canary_seq')).rows[0] as unknown;
+    const before = await seq();
+    const idp = generateKeyPairSync('ed25519');
+    const now = Math.floor(Date.now() / 1000);
+    const token = rawSign(
+      idp.privateKey,
+      { alg: 'EdDSA', typ: 'JWT', kid: 'idp-key-1' },
+      {
+        iss: 'https://idp.gatehouse.test/',
+        aud: 'gatehouse',
+        sub: 'wendy',
+        groups: ['writers'],
+        iat: now,
+        exp: now + 300,
+      },
+    );
+    const client = await gw.connect(token);
+    const r = await client.call('postgres_query', BUMP);
+    expect(r.isError).toBe(true);
+    expect(textOf(r)).toMatch(/^UNAUTHENTICATED: /);
+    expect(await seq()).toEqual(before);
+
+    const dev = await gw.connect(await gw.mint('wendy', ['writers']));
+    expect(
+      (await dev.call('postgres_query', { target: 'app-db-rw', sql: 'SELECT 1' })).isError,
+    ).toBeFalsy();
   });
 });
