@@ -57,6 +57,14 @@ const JWKS_FILE_MAX_BYTES = 1024 * 1024;
 const REMOTE_TIMEOUT_MS = 5_000;
 const REMOTE_COOLDOWN_MS = 30_000;
 const REMOTE_CACHE_MAX_AGE_MS = 10 * 60_000;
+/**
+ * A token whose signature was verified is taken again, byte for byte, without redoing the
+ * signature check for this long; its time claims are checked on every call all the same, so
+ * expiry still bites at once. Bounded, so key changes the key source picks up (a JWKS URL's
+ * refresh, a re-read JWKS file) apply to a token already seen within this long.
+ */
+const VERIFIED_REUSE_MS = 30_000;
+const VERIFIED_CACHE_MAX = 256;
 /** RFC 7518 3.2: an HMAC key at least as long as the hash output (brute force). */
 const MIN_HMAC_SECRET_BYTES = 32;
 
@@ -121,8 +129,26 @@ export async function createVerifier(cfg: IdentityConfig): Promise<Verifier> {
     requiredClaims: ['exp', 'sub'],
   });
 
+  // Only successful verifications are kept, keyed by the exact token text: a forged or
+  // altered token is a different string and always takes the full path.
+  const verified = new Map<string, { identity: Identity; at: number; nbf?: number }>();
+
   return {
     async verify(token: string): Promise<Identity> {
+      const now = Date.now();
+      const seen = verified.get(token);
+      if (seen !== undefined && now - seen.at < VERIFIED_REUSE_MS) {
+        const sec = Math.floor(now / 1000);
+        if (sec - cfg.clockToleranceSec >= seen.identity.expiresAt) {
+          verified.delete(token);
+          throw unauthenticated('token expired');
+        }
+        if (seen.nbf !== undefined && sec + cfg.clockToleranceSec < seen.nbf) {
+          throw unauthenticated('token not yet valid');
+        }
+        return seen.identity;
+      }
+      verified.delete(token);
       const payload = preflight(token);
       // Routing only: the unverified `iss` picks which keys to try; jwtVerify then checks
       // `iss` again under the signature, so a forged `iss` just picks keys that fail.
@@ -135,7 +161,14 @@ export async function createVerifier(cfg: IdentityConfig): Promise<Verifier> {
       } catch (err) {
         throw unauthenticated(publicReason(err), err);
       }
-      return toIdentity(claims, route);
+      const identity = toIdentity(claims, route);
+      if (verified.size >= VERIFIED_CACHE_MAX) verified.delete(verified.keys().next().value!);
+      verified.set(token, {
+        identity,
+        at: now,
+        ...(typeof claims.nbf === 'number' ? { nbf: claims.nbf } : {}),
+      });
+      return identity;
     },
   };
 }

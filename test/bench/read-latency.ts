@@ -88,7 +88,16 @@ async function main() {
 
     const governed = await mcpClient(
       process.execPath,
-      [path.join(root, 'dist/server/cli.js'), 'serve', '--config', configFile],
+      [
+        // BENCH_CPU_PROF=dir writes a V8 CPU profile of the gateway process there.
+        ...(process.env.BENCH_CPU_PROF
+          ? [`--cpu-prof`, `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`]
+          : []),
+        path.join(root, 'dist/server/cli.js'),
+        'serve',
+        '--config',
+        configFile,
+      ],
       {
         GATEHOUSE_TOKEN: token,
         GATEHOUSE_LOG_LEVEL: 'warn',

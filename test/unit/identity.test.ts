@@ -335,6 +335,33 @@ describe('clock tolerance', () => {
   });
 });
 
+describe('reuse of a verified token', () => {
+  let key: TestKey;
+  let jwksFile: string;
+  beforeAll(async () => {
+    key = await makeKey('EdDSA', 'reuse');
+    jwksFile = await writeJwks([key.publicJwk]);
+  });
+
+  it('still refuses the token once it expires, within the reuse window', async () => {
+    vi.useFakeTimers({ now: Date.now(), toFake: ['Date'] });
+    const v = await createVerifier(config({ jwks: jwksFile, clockToleranceSec: 0 }));
+    const token = await sign(key, { iat: now(), exp: now() + 5 });
+    await expectAccepted(v, token);
+    vi.setSystemTime(Date.now() + 6_000);
+    await expectRefused(v, token, 'token expired');
+  });
+
+  it('a token differing by one byte takes the full check', async () => {
+    const v = await createVerifier(config({ jwks: jwksFile }));
+    const token = await sign(key);
+    await expectAccepted(v, token);
+    const [h, p, sig] = token.split('.') as [string, string, string];
+    const flipped = `${h}.${p}.${sig.slice(0, -2)}${sig.endsWith('AA') ? 'BA' : 'AA'}`;
+    await expectRefused(v, flipped, 'token signature invalid');
+  });
+});
+
 describe('HS256 when explicitly configured with a secret', () => {
   const secret = 'correct horse battery staple, but much longer!';
   let key: TestKey;
