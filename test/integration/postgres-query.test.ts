@@ -201,6 +201,24 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
     );
     expect(s.rows).toHaveLength(3);
     expect(s.truncated).toBe(true);
+    // Exactly at the cap is not truncated.
+    const exact = ok(
+      await capped.call('postgres_query', {
+        target: 'app-db',
+        sql: 'SELECT g FROM generate_series(1, 3) g',
+      }),
+    );
+    expect(exact).toMatchObject({ rowCount: 3, truncated: false });
+    // Rows past the cap are never computed: a billion-row series inside the rule's 300 ms
+    // statement timeout still answers at once. (In the select list the series is produced
+    // row by row; in FROM it would be materialized whole first.)
+    const huge = ok(
+      await capped.call('postgres_query', {
+        target: 'app-db',
+        sql: 'SELECT generate_series(1, 1000000000) AS g',
+      }),
+    );
+    expect(huge).toMatchObject({ rows: [[1], [2], [3]], truncated: true });
     // The caller may ask for fewer, never for more.
     const fewer = ok(
       await capped.call('postgres_query', {

@@ -1,9 +1,9 @@
-import Cursor from 'pg-cursor';
 import type pg from 'pg';
 import { GovernanceError } from '../../server/errors.js';
 import type { ColumnOrigin } from '../../policies/masking.js';
 import type { ResolvedLimits } from '../../policies/engine.js';
 import type { ToolOutput } from '../types.js';
+import { BoundedQuery } from './bounded-query.js';
 import type { PostgresPools, ResolvedPostgresTarget } from './pool.js';
 
 export interface QueryRequest {
@@ -58,22 +58,16 @@ export class PostgresExecutor {
     const timer = setTimeout(onAbort, limits.timeoutMs + 2_000);
     signal.addEventListener('abort', onAbort, { once: true });
     try {
-      const cursor = client.query(new Cursor(req.sql, req.params, { rowMode: 'array' }));
-      const { rows, result } = await new Promise<{ rows: unknown[][]; result: pg.QueryResult }>(
-        (resolve, reject) => {
-          cursor.read(req.maxRows + 1, (err, rows: unknown[][], result) =>
-            err ? reject(err) : resolve({ rows, result }),
-          );
-        },
-      );
+      const query = new BoundedQuery(req.sql, req.params, req.maxRows + 1);
+      // pg returns the submittable itself (no promise): the outcome is `query.promise`.
+      void client.query(query);
+      const result = await query.promise;
+      const rows = result.rows;
       const truncated = rows.length > req.maxRows;
-      if (truncated) {
-        rows.length = req.maxRows;
-      }
-      await cursor.close();
-      const columns = await this.columnOrigins(target.name, client, result.fields ?? []);
+      if (truncated) rows.length = req.maxRows;
+      const columns = await this.columnOrigins(target.name, client, result.fields);
       const values = rows.map((row) => row.map(toJsonValue));
-      const rowCount = result.fields?.length ? values.length : (result.rowCount ?? 0);
+      const rowCount = result.fields.length ? values.length : (result.rowCount ?? 0);
       return { kind: 'rows', columns, rows: values, rowCount, truncated, operation: req.operation };
     } catch (err) {
       destroy = true;
