@@ -14,6 +14,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import pg from 'pg';
+import { AuditLog } from '../../recordings/audit.js';
 import { loadDevIssuer } from '../../server/dev-issuer.js';
 import { writeGatewayConfig } from '../helpers/gateway.js';
 import { seedFixtures, startPostgres } from '../helpers/postgres.js';
@@ -145,6 +146,39 @@ async function main() {
     );
     await bare.end();
 
+    // Where the governed time goes, measured in the same run: a call with no database work,
+    // and one durable audit line (each governed call writes two: decision, then outcome).
+    const context = [
+      await measure('gatehouse list_targets (no db)', async () =>
+        check(
+          (await governed.callTool({ name: 'list_targets', arguments: {} })) as CallToolResult,
+          'list_targets',
+        ),
+      ),
+    ];
+    const audit = await AuditLog.open(path.join(dir, 'bench-audit.jsonl'));
+    context.push(
+      await measure('one durable audit line', async () => {
+        await audit.append({
+          kind: 'decision',
+          callId: 'bench',
+          session: 'bench',
+          sub: 'bench',
+          groups: ['bench'],
+          tool: 'postgres_query',
+          target: 'app-db',
+          operation: 'read',
+          input: { sql: SQL },
+          decision: {
+            effect: 'allow',
+            rule: 'bench-read',
+            reason: 'statement is read (SelectStmt)',
+          },
+        });
+      }),
+    );
+    await audit.close();
+
     const [bareR, refR, govR] = results as [
       (typeof results)[0],
       (typeof results)[0],
@@ -160,6 +194,9 @@ async function main() {
         `governed / bare pg:   p50 ${(govR.p50 / bareR.p50).toFixed(2)}x, p99 ${(govR.p99 / bareR.p99).toFixed(2)}x\n` +
         `reference / bare pg:  p50 ${(refR.p50 / bareR.p50).toFixed(2)}x, p99 ${(refR.p99 / bareR.p99).toFixed(2)}x\n`,
     );
+    process.stdout.write(`\nwhere the governed time goes (same run)\n`);
+    for (const r of context)
+      process.stdout.write(`${r.name.padEnd(32)}${fmt(r.p50)} ${fmt(r.p99)}\n`);
   } finally {
     await Promise.allSettled(clients.map((c) => c.close()));
     await server.stop();
