@@ -1,4 +1,5 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtemp, readdir, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -35,7 +36,9 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
   let client: Client;
   let transport: StdioClientTransport;
   let stderr = '';
+  let token: string;
   const results: CallToolResult[] = [];
+  const clientErrors: Error[] = [];
 
   beforeAll(async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-stdio-'));
@@ -43,7 +46,7 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
     const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', {
       create: true,
     });
-    const token = await issuer.mint({
+    token = await issuer.mint({
       sub: 'alice',
       groups: ['analysts'],
       audience: 'gatehouse',
@@ -57,6 +60,8 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
     });
     transport.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
     client = new Client({ name: 'stdio-test', version: '1.0.0' });
+    // A stray byte on stdout would surface here as a parse error.
+    client.onerror = (err) => clientErrors.push(err);
     await client.connect(transport);
   });
   afterAll(async () => {
@@ -114,10 +119,13 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
     expect(recordings.length).toBeGreaterThan(0);
     expect(stderr).toContain('serving MCP over stdio');
     const everything = { results: JSON.stringify(results), stderr, audit, recordings };
+    expect(clientErrors).toEqual([]);
     for (const secret of [
       pgInfo.reader.password,
       pgInfo.writer.password,
       pgInfo.superuser.password,
+      // The wrong password app-db-badpw is configured with is a secret too.
+      'not-the-password',
     ]) {
       for (const [where, text] of Object.entries(everything))
         expect(text.includes(secret), `${where} leaks a password`).toBe(false);
@@ -159,5 +167,58 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
     expect(r.status, r.stderr).toBe(1);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(/UNAUTHENTICATED/);
+  });
+
+  it('writes nothing but JSON-RPC lines to stdout, even with debug logging', async () => {
+    const child = spawn(process.execPath, [...CLI, 'serve', '--config', configFile], {
+      env: cliEnv({ GATEHOUSE_TOKEN: token, GATEHOUSE_LOG_LEVEL: 'debug' }),
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const send = (msg: object) => child.stdin.write(`${JSON.stringify(msg)}\n`);
+    const responses = async (n: number) => {
+      const deadline = Date.now() + 20_000;
+      while (out.split('\n').filter(Boolean).length < n && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50));
+    };
+    send({
+      jsonrpc: '2.0',
+      id: 1,
+      method: 'initialize',
+      params: {
+        protocolVersion: '2025-06-18',
+        capabilities: {},
+        clientInfo: { name: 'raw', version: '1' },
+      },
+    });
+    await responses(1);
+    send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+    send({ jsonrpc: '2.0', id: 2, method: 'tools/list' });
+    send({
+      jsonrpc: '2.0',
+      id: 3,
+      method: 'tools/call',
+      params: { name: 'postgres_query', arguments: { target: 'app-db', sql: 'SELECT 1 AS one' } },
+    });
+    send({
+      jsonrpc: '2.0',
+      id: 4,
+      method: 'tools/call',
+      params: { name: 'postgres_query', arguments: { target: 'app-db', sql: 'SELEC 1' } },
+    });
+    await responses(4);
+    child.stdin.end();
+    await once(child, 'exit');
+
+    const lines = out.split('\n').filter(Boolean);
+    expect(lines).toHaveLength(4);
+    for (const line of lines) expect(JSON.parse(line)).toMatchObject({ jsonrpc: '2.0' });
+    // Calls run concurrently, so responses may come in any order (JSON-RPC matches them by id).
+    expect(lines.map((l) => (JSON.parse(l) as { id: number }).id).sort()).toEqual([1, 2, 3, 4]);
+    // The logs went to stderr, at debug level.
+    expect(err).toContain('serving MCP over stdio');
   });
 });
