@@ -22,9 +22,14 @@ import { canonicalJson } from './canonical.js';
  * pipelines built for pino read them. Why not pino's writer, although the process log is pino: pino adds its own keys and serializes
  * in insertion order, and its sync destination (sonic-boom) reports a failed write as an
  * 'error' event and swallows fsync errors, so a lost line could not reject `append()`. The
- * audit log must fail closed, so it writes with a plain file handle opened O_DSYNC: a write
- * resolves only once its bytes are on disk (one system call per line, where write + fdatasync
- * took two trips through libuv's thread pool).
+ * audit log must fail closed, so it writes with a plain file handle and `fdatasync`.
+ *
+ * Durability per line: by default `append` resolves once the line is on disk. A caller that
+ * will make a later line durable before acting on the outcome may pass `{ durable: false }`
+ * for the earlier one: that line is in the file (every reader sees it, and it survives the
+ * process dying) when `append` resolves, and the next durable line's fdatasync carries it to
+ * disk too. The pipeline uses this for the decision line: written before the call executes,
+ * on disk, with the outcome line, before the result is returned.
  *
  * Limit worth knowing: a chain proves order and integrity from the first line to the last
  * one it holds. Someone able to rewrite the whole file can recompute every hash, and
@@ -137,12 +142,7 @@ export class AuditLog {
     let handle: FileHandle | undefined;
     try {
       // O_APPEND: every write goes to the end, and the tail can still be read by position.
-      // O_DSYNC: a write returns once the line is durable, as write + fdatasync would.
-      handle = await open(
-        abs,
-        constants.O_RDWR | constants.O_CREAT | constants.O_APPEND | constants.O_DSYNC,
-        0o600,
-      );
+      handle = await open(abs, constants.O_RDWR | constants.O_CREAT | constants.O_APPEND, 0o600);
       const st = await handle.stat();
       let seq = 0;
       let prev = GENESIS_PREV;
@@ -169,13 +169,15 @@ export class AuditLog {
   }
 
   /**
-   * Appends one line; resolves once it is on disk. Appends run one at a time in call order,
-   * so concurrent calls can neither interleave bytes nor fork the chain. A rejection means
-   * the line is not in the log: the caller must fail the call.
+   * Appends one line; resolves once it is on disk (or, with `durable: false`, once it is in
+   * the file: see the class comment). Appends run one at a time in call order, so concurrent
+   * calls can neither interleave bytes nor fork the chain. A rejection means the line is not
+   * in the log: the caller must fail the call.
    */
-  append(rec: AuditRecord): Promise<AuditLine> {
+  append(rec: AuditRecord, opts: { durable?: boolean } = {}): Promise<AuditLine> {
     if (this.closing) return Promise.reject(new Error(`audit log ${this.file} is closed`));
-    const run = this.queue.then(() => this.write(rec));
+    const durable = opts.durable ?? true;
+    const run = this.queue.then(() => this.write(rec, durable));
     this.queue = run.catch(() => undefined);
     return run;
   }
@@ -193,7 +195,7 @@ export class AuditLog {
     return this.closing;
   }
 
-  private async write(rec: AuditRecord): Promise<AuditLine> {
+  private async write(rec: AuditRecord, durable: boolean): Promise<AuditLine> {
     if (this.broken) {
       throw new AuditIntegrityError(
         `audit log ${this.file} is unusable after a failed write (${this.broken.message}); restart to re-check it`,
@@ -220,16 +222,17 @@ export class AuditLog {
     const bytes = Buffer.from(canonicalJson(full) + '\n', 'utf8');
 
     await this.checkFile();
+    let written = false;
     try {
       let off = 0;
       while (off < bytes.length) {
         const { bytesWritten } = await this.handle.write(bytes, off, bytes.length - off, null);
         off += bytesWritten;
       }
+      written = true;
+      if (durable) await this.handle.datasync();
     } catch (err) {
-      // Under O_DSYNC a failed write may be a failed flush: the page cache can no longer be
-      // trusted, so (as after a failed fdatasync) no more appends until a restart.
-      await this.rollback(err, true);
+      await this.rollback(err, written);
       throw err;
     }
     this.size += bytes.length;

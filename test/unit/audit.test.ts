@@ -180,6 +180,16 @@ describe('AuditLog', () => {
     expect(await verifyAuditFile(file)).toEqual({ ok: true, lines: 1 });
   });
 
+  it('a line appended with durable: false is in the file at once, and chains with the next', async () => {
+    const log = await AuditLog.open(file);
+    await log.append(rec(1), { durable: false });
+    // Readers see it before any flush (it is in the file, not in a buffer of ours).
+    expect((await readFile(file, 'utf8')).split('\n').filter(Boolean)).toHaveLength(1);
+    await log.append(rec(2, { kind: 'outcome', outcome: { status: 'ok', durationMs: 1 } }));
+    await log.close();
+    expect(await verifyAuditFile(file)).toEqual({ ok: true, lines: 2 });
+  });
+
   it('continues the chain after a reopen', async () => {
     const first = await writeLog(2);
     const log = await AuditLog.open(file);

@@ -1,7 +1,8 @@
 import { GovernanceError } from '../../server/errors.js';
 import { z } from 'zod';
 import type { GovernedTool } from '../types.js';
-import { classifySql } from './classify.js';
+import { deepFreeze } from '../../server/config.js';
+import { classifySql, type SqlClassification } from './classify.js';
 import type { PostgresExecutor } from './executor.js';
 import type { ResolvedPostgresTarget } from './pool.js';
 
@@ -56,7 +57,7 @@ export function postgresQueryTool(
     targetKind: 'postgres',
     operations: POSTGRES_OPERATIONS,
     async describe(input) {
-      const c = await classifySql(input.sql);
+      const c = await classifyCached(input.sql);
       return {
         target: input.target,
         // One part per statement: a call with several statements gets the strictest one's decision.
@@ -86,6 +87,30 @@ export function postgresQueryTool(
       );
     },
   };
+}
+
+/**
+ * Agents repeat their statements; the parse of a given text never changes, so short texts
+ * keep their classification (a small LRU, bounded in entries and key size). Errors are not
+ * kept: a syntax error is parsed again, and reported again, every time.
+ */
+const CLASSIFY_CACHE_MAX = 512;
+const CLASSIFY_CACHE_MAX_SQL = 4096;
+const classified = new Map<string, Readonly<SqlClassification>>();
+
+async function classifyCached(sql: string): Promise<Readonly<SqlClassification>> {
+  const hit = classified.get(sql);
+  if (hit !== undefined) {
+    classified.delete(sql);
+    classified.set(sql, hit);
+    return hit;
+  }
+  const c = deepFreeze(await classifySql(sql));
+  if (sql.length <= CLASSIFY_CACHE_MAX_SQL) {
+    if (classified.size >= CLASSIFY_CACHE_MAX) classified.delete(classified.keys().next().value!);
+    classified.set(sql, c);
+  }
+  return c;
 }
 
 const ORDER = ['read', 'write', 'ddl', 'unknown', 'admin'];
