@@ -44,7 +44,8 @@ export class PostgresExecutor {
       throw new GovernanceError('TARGET_ERROR', `cannot connect to ${target.name}`, { cause: err });
     }
     // Any call that could change session state gets a fresh session next time: the
-    // connection is destroyed instead of returned (`release(true)`).
+    // connection is destroyed instead of returned (`release(true)`). A read's session is
+    // reset (see releaseAfterReset) before the pool hands it out again.
     let destroy = !readOnly;
     const onAbort = () => {
       destroy = true;
@@ -75,7 +76,8 @@ export class PostgresExecutor {
     } finally {
       clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);
-      client.release(destroy);
+      if (destroy) client.release(true);
+      else releaseAfterReset(client);
     }
   }
 
@@ -116,6 +118,21 @@ export class PostgresExecutor {
       return { name: f.name, type: typeName(f.dataTypeID), ...(origin ?? {}) };
     });
   }
+}
+
+/**
+ * A read session cannot change state the classifier lets through, and runs read-only; still,
+ * pools outlive calls (and, later, identities), so a reused session is reset with DISCARD ALL
+ * (prepared statements, cursors, temp objects, advisory locks, LISTEN, settings back to the
+ * connection's own: read-only and statement_timeout stay) before it goes back to the pool.
+ * Off the caller's path: the result does not wait for it, the next borrower of this
+ * connection does. A failed reset closes the connection.
+ */
+function releaseAfterReset(client: pg.PoolClient): void {
+  client.query('DISCARD ALL').then(
+    () => client.release(),
+    (err: unknown) => client.release(err instanceof Error ? err : true),
+  );
 }
 
 /** Result values as JSON: dates as ISO text, bytes as hex, big numbers as strings (pg's default). */
