@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { PostgresExecutor } from '../../tools/postgres/executor.js';
 import { PostgresPools, type ResolvedPostgresTarget } from '../../tools/postgres/pool.js';
+import type { ToolOutput } from '../../tools/types.js';
 
 const pgInfo = inject('pg');
 
@@ -14,6 +15,10 @@ describe.skipIf(!pgInfo.available)('postgres sessions between calls', () => {
   let executor: PostgresExecutor;
   let target: ResolvedPostgresTarget;
   const limits = { maxRows: 100, timeoutMs: 5_000, maxOutputBytes: 1 << 20 };
+  const rowsOf = (out: ToolOutput): unknown[][] => {
+    if (out.kind !== 'rows') throw new Error(`expected rows, got ${out.kind}`);
+    return out.rows;
+  };
   const read = (sql: string) =>
     executor.run(
       target,
@@ -44,10 +49,10 @@ describe.skipIf(!pgInfo.available)('postgres sessions between calls', () => {
   });
 
   it('resets a read session before reuse: settings, prepared statements, held cursors', async () => {
-    const pid = async () => (await read('SELECT pg_backend_pid()')).rows;
+    const pid = async () => rowsOf(await read('SELECT pg_backend_pid()'));
     const first = await pid();
     await read("SELECT set_config('gatehouse.leak', 'from-the-last-call', false)");
-    expect((await read("SELECT current_setting('gatehouse.leak', true)")).rows).toEqual([['']]);
+    expect(rowsOf(await read("SELECT current_setting('gatehouse.leak', true)"))).toEqual([['']]);
     // Same session all along (pool of one): the reset, not a new connection, cleared it.
     // (A failed call closes its connection, so the checks below each start on a fresh one.)
     expect(await pid()).toEqual(first);
@@ -64,8 +69,8 @@ describe.skipIf(!pgInfo.available)('postgres sessions between calls', () => {
   it('keeps the session read-only, with its statement timeout, after a reset', async () => {
     await read("SELECT set_config('default_transaction_read_only', 'off', false)");
     await read("SELECT set_config('statement_timeout', '0', false)");
-    expect((await read('SHOW default_transaction_read_only')).rows).toEqual([['on']]);
-    expect((await read('SHOW statement_timeout')).rows).toEqual([['5s']]);
+    expect(rowsOf(await read('SHOW default_transaction_read_only'))).toEqual([['on']]);
+    expect(rowsOf(await read('SHOW statement_timeout'))).toEqual([['5s']]);
     await expect(read("INSERT INTO canary (v) VALUES ('x')")).rejects.toMatchObject({
       code: 'TARGET_ERROR',
       message: expect.stringMatching(/25006/) as unknown,
