@@ -1,4 +1,4 @@
-import picomatch from 'picomatch';
+import { compileGlobs } from './glob.js';
 import type { Approval, Limits, Match, Rule } from './schema.js';
 
 /**
@@ -162,10 +162,7 @@ function mergeLimits(list: ReadonlyArray<Limits | undefined>): ResolvedLimits {
 }
 
 function globs(patterns: readonly string[] | undefined): ((s: string) => boolean) | undefined {
-  if (!patterns) return undefined;
-  // nocase off and dot on: `*` must match names with dots (web-1.prod) but `prod*` must not match `PROD`.
-  const m = picomatch(patterns as string[], { dot: true, nonegate: false });
-  return (s: string) => m(s);
+  return patterns ? compileGlobs(patterns) : undefined;
 }
 
 function getPath(obj: Readonly<Record<string, unknown>>, dotted: string): unknown {

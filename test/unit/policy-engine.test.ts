@@ -5,6 +5,7 @@ import {
   type CallFacts,
   type CallPart,
 } from '../../policies/engine.js';
+import { globToRegExp } from '../../policies/glob.js';
 import { Rule } from '../../policies/schema.js';
 
 const rules = (list: unknown[]) => new PolicyEngine(list.map((r) => Rule.parse(r)));
@@ -173,5 +174,47 @@ describe('policy rule schema', () => {
     const r = Rule.safeParse(rule);
     expect(r.success).toBe(false);
     expect(JSON.stringify(r.error?.issues)).toMatch(message);
+  });
+});
+
+describe('globs in rules', () => {
+  it('match path-like subjects: * crosses / and ., so deny rules do not fail open on them', () => {
+    const engine = rules([
+      {
+        id: 'no-contractors',
+        match: { subjects: ['contractor-*', 'spiffe://corp/ci/*'], targets: ['prod-*'] },
+        effect: 'deny',
+      },
+      { id: 'no-writes', match: { subjects: ['*'], operations: ['write'] }, effect: 'deny' },
+      { id: 'staff', match: { groups: ['staff'], targets: ['prod-*'] }, effect: 'allow' },
+    ]);
+    const as = (sub: string, operation = 'read') =>
+      engine.decide(
+        facts({
+          principal: { sub, groups: ['staff'], claims: {} },
+          target: 'prod-db',
+          parts: [part(operation)],
+        }),
+      ).rule;
+    expect(as('contractor-bob')).toBe('no-contractors');
+    expect(as('contractor-bob/laptop')).toBe('no-contractors');
+    expect(as('spiffe://corp/ci/ns/runner')).toBe('no-contractors');
+    expect(as('repo:org/app:ref:refs/heads/main', 'write')).toBe('no-writes');
+    expect(as('alice')).toBe('staff');
+  });
+
+  it.each([
+    ['app-?', 'app-1', true],
+    ['app-?', 'app-12', false],
+    ['db-[0-9]', 'db-7', true],
+    ['db-[!0-9]', 'db-7', false],
+    ['db-[!0-9]', 'db-x', true],
+    ['a.b', 'axb', false],
+    ['(x)+', '(x)+', true],
+    ['prod*', 'PROD-db', false],
+    ['[unclosed', '[unclosed', true],
+    ['*', '', true],
+  ])('%s against %s: %s', (glob, name, expected) => {
+    expect(globToRegExp(glob).test(name)).toBe(expected);
   });
 });
