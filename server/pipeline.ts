@@ -280,13 +280,38 @@ function errorResult(rt: Runtime, call: Call, err: GovernanceError): CallToolRes
  * the agent sees, whatever a driver or a target echoed back.
  */
 function scrub(call: Call, result: CallToolResult): CallToolResult {
-  const secrets = call.secrets.filter((s) => s.length >= 4);
+  return scrubSecrets(call.secrets, result);
+}
+
+/**
+ * Replaces every resolved credential in a result with `[secret]`, whatever a driver echoed
+ * back. Secrets shorter than 4 characters are left alone: they would blank out ordinary text.
+ */
+export function scrubSecrets(all: readonly string[], result: CallToolResult): CallToolResult {
+  const secrets = all.filter((s) => s.length >= 4);
   if (secrets.length === 0) return result;
+  // Each secret as itself and as it reads inside JSON text (a text block that renders JSON
+  // holds `pa\"ss` for `pa"ss`), longest first so no form is cut by a shorter one.
+  const forms = [...new Set(secrets.flatMap((s) => [s, JSON.stringify(s).slice(1, -1)]))].sort(
+    (a, b) => b.length - a.length,
+  );
+  // Fast path: in the serialized result a string value shows its forms escaped once more.
   const json = JSON.stringify(result);
-  if (!secrets.some((s) => json.includes(s))) return result;
-  let cleaned = json;
-  for (const s of secrets) cleaned = cleaned.split(JSON.stringify(s).slice(1, -1)).join('[secret]');
-  return JSON.parse(cleaned) as CallToolResult;
+  const esc = (x: string) => JSON.stringify(x).slice(1, -1);
+  if (!forms.some((f) => json.includes(esc(f)))) return result;
+  const clean = (v: unknown): unknown => {
+    if (typeof v === 'string') {
+      let out = v;
+      for (const f of forms) if (out.includes(f)) out = out.split(f).join('[secret]');
+      return out;
+    }
+    if (Array.isArray(v)) return v.map(clean);
+    if (v && typeof v === 'object') {
+      return Object.fromEntries(Object.entries(v).map(([k, x]) => [clean(k) as string, clean(x)]));
+    }
+    return v;
+  };
+  return clean(result) as CallToolResult;
 }
 
 function fenceNonce(): string {

@@ -4,6 +4,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { verifyAuditFile } from '../../recordings/audit.js';
 import { startGateway, textOf, type TestClient, type TestGateway } from '../helpers/gateway.js';
+import { classifySql } from '../../tools/postgres/classify.js';
 import { connectAs } from '../helpers/postgres.js';
 import { snapshotState } from '../helpers/pg-state.js';
 
@@ -306,6 +307,30 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
     const stranger = await gw.connect(await gw.mint('mallory', []));
     const none = await stranger.call('list_targets', {});
     expect((none.structuredContent as { targets: unknown[] }).targets).toEqual([]);
+  });
+
+  it('parses strings as the classifier did, even where the role turns standard_conforming_strings off', async () => {
+    // With the setting off, '\' opens a string the classifier (always "on") sees closed, and
+    // the server would read a different statement from the same text.
+    const sql = "SELECT '\\' AS a, $$' , current_user AS leaked -- $$ AS b";
+    expect((await classifySql(sql)).operation).toBe('read');
+    await su.query(`ALTER ROLE ${pgInfo.reader.user} SET standard_conforming_strings = off`);
+    try {
+      const plain = await connectAs(pgInfo, 'reader');
+      try {
+        // The control: a connection of that role without the gateway's options has it off.
+        expect((await plain.query('SHOW standard_conforming_strings')).rows).toEqual([
+          { standard_conforming_strings: 'off' },
+        ]);
+      } finally {
+        await plain.end();
+      }
+      const s = ok(await analyst.call('postgres_query', { target: 'app-db', sql }));
+      expect(s.columns.map((c) => c.name)).toEqual(['a', 'b']);
+      expect(s.rows).toEqual([['\\', "' , current_user AS leaked -- "]]);
+    } finally {
+      await su.query(`ALTER ROLE ${pgInfo.reader.user} RESET standard_conforming_strings`);
+    }
   });
 
   it('explain gives the decision without executing', async () => {

@@ -18,9 +18,14 @@ import {
  * - an unqualified name is assumed to resolve to the pg_catalog built-in; a user-defined
  *   overload or a schema placed before pg_catalog in search_path could shadow it (creating
  *   one needs DDL, which policy governs);
- * - operators, casts, views and attribute notation (`c.f` calls f(c), a ColumnRef, not a
- *   FuncCall) can call user-defined functions; they are treated as read (no built-in volatile
- *   function takes a single row argument, checked on PostgreSQL 15);
+ * - attribute notation (`x.f` calls f(x) for any one-argument f, with no FuncCall node) is
+ *   checked against the admin, write and unknown lists by name; an integration test checks
+ *   that every one-argument pg_catalog function is on those lists or the read allowlist.
+ *   Other names there are taken as columns, so a user-defined function called that way, or
+ *   through an unqualified operator, a cast or a view, is treated as read;
+ * - a schema-qualified operator outside pg_catalog is `unknown`;
+ * - the parse assumes standard_conforming_strings=on; read and write pools force it at
+ *   connection start, so the server reads the text the same way;
  * - the read-only session of read pools is the second line of defence for all of these.
  */
 
@@ -304,9 +309,37 @@ function triviallyTrue(where: unknown): boolean {
   return false;
 }
 
+const FILE_VIEWS = new Set(['pg_file_settings', 'pg_hba_file_rules', 'pg_ident_file_mappings']);
+
+function asArray(v: unknown): unknown[] {
+  return Array.isArray(v) ? v : [];
+}
+
 function funcName(funcname: unknown): string[] {
   if (!Array.isArray(funcname)) return [];
   return funcname.map((p) => (isObj(p) && isObj(p.String) ? str(p.String.sval) : ''));
+}
+
+/**
+ * A name used in attribute position (`x.name`), if it names a function known to act: the
+ * admin, write and unknown lists, matched like calls (any case, prefixes included). Names
+ * that are not on them are taken as columns or fields: the allowlist that guards FuncCall
+ * cannot apply here, since `t.name` or `t.length` are ordinary columns far more often than
+ * calls. Table-driven from pg_proc (PostgreSQL 15): every pg_catalog function callable with
+ * one argument is either on the read allowlist or on these lists, except a few with
+ * arguments of type internal, which SQL cannot pass.
+ */
+function attributeCall(name: string): { operation: SqlOperation; reason: string } | undefined {
+  const lower = name.toLowerCase();
+  const shown = `${name}(), called as an attribute (x.${name})`;
+  const admin = adminFunctionReason(lower);
+  if (admin !== undefined) return { operation: 'admin', reason: `calls ${shown}, which ${admin}` };
+  const write = WRITE_FUNCTIONS.get(lower);
+  if (write !== undefined) return { operation: 'write', reason: `calls ${shown}, which ${write}` };
+  const unknown = UNKNOWN_FUNCTIONS.get(lower);
+  if (unknown !== undefined)
+    return { operation: 'unknown', reason: `calls ${shown}, which ${unknown}` };
+  return undefined;
 }
 
 /** A function call's operation; `read` only for allowlisted pg_catalog built-ins. */
@@ -395,6 +428,46 @@ function visitNode(
     return;
   }
 
+  // Attribute notation is function call notation too: PostgreSQL reads `x.f` and `(expr).f`
+  // as f(x) whenever f takes one argument, so `SELECT ('/etc/passwd'::text).pg_read_file` and
+  // `SELECT u.pg_read_file FROM unnest(ARRAY['/etc/passwd']) u` call pg_read_file without a
+  // FuncCall node. Every name in such a position (after the first of a dotted column
+  // reference, or a field selected from an expression) is checked against the functions
+  // known to act; anything else is a column or field name and reads.
+  if (type === 'ColumnRef' || type === 'A_Indirection') {
+    const names = (type === 'ColumnRef' ? asArray(node.fields).slice(1) : asArray(node.indirection))
+      .map((p) => (isObj(p) && isObj(p.String) ? str(p.String.sval) : ''))
+      .filter((n) => n !== '');
+    for (const name of names) {
+      const f = attributeCall(name);
+      if (f) finding.raise(f.operation, `${via}${f.reason}`);
+    }
+    stack.push({ value: node, executes, via });
+    return;
+  }
+
+  // Views over the server's own files: the same data the admin-listed file functions give.
+  if (type === 'RangeVar' && FILE_VIEWS.has(str(node.relname).toLowerCase())) {
+    const schema = str(node.schemaname);
+    if (schema === '' || schema === 'pg_catalog') {
+      finding.raise(
+        'admin',
+        `${via}reads ${str(node.relname)}, a view over server configuration files`,
+      );
+    }
+  }
+
+  // An operator named with a schema (`OPERATOR(public.===)`) outside pg_catalog is a user
+  // function under another name.
+  if (type === 'A_Expr') {
+    const parts = funcName(node.name);
+    if (parts.length === 2 && parts[0] !== 'pg_catalog') {
+      finding.raise('unknown', `${via}uses operator ${parts.join('.')}, outside pg_catalog`);
+    }
+    stack.push({ value: node, executes, via });
+    return;
+  }
+
   if (type === 'ExplainStmt') {
     const analyze = explainAnalyzes(node.options);
     if (isTop) finding.raise('read', 'statement is read (ExplainStmt): EXPLAIN without ANALYZE');
@@ -412,6 +485,7 @@ function visitNode(
       finding.raise(operation, via + reason);
       if ((type === 'UpdateStmt' || type === 'DeleteStmt') && unbounded(node))
         finding.tags.add('unbounded');
+      if (type === 'MergeStmt' && mergeUnbounded(node)) finding.tags.add('unbounded');
       if (type === 'TruncateStmt') finding.tags.add('unbounded');
     }
     if (type === 'CallStmt' && isObj(node.funccall)) {
@@ -430,8 +504,38 @@ function visitNode(
   stack.push({ value: node, executes, via });
 }
 
+/**
+ * Best effort: no WHERE, a WHERE that is trivially true (`true`, `x = x`, an OR with such an
+ * arm), or one that never mentions a column (`1 < 2`, `NOT false`, `true AND true`), so its
+ * value cannot depend on the row. A condition on columns that holds for every row (`id IS
+ * NOT NULL`) is beyond a parse tree; deny writes outright, or require approval, where that
+ * matters.
+ */
 function unbounded(node: Obj): boolean {
-  return node.whereClause === undefined || triviallyTrue(node.whereClause);
+  const where = node.whereClause;
+  return where === undefined || triviallyTrue(where) || !mentionsColumn(where);
+}
+
+/** MERGE touches rows by its join condition: the same test on ON. */
+function mergeUnbounded(node: Obj): boolean {
+  return (
+    node.joinCondition === undefined ||
+    triviallyTrue(node.joinCondition) ||
+    !mentionsColumn(node.joinCondition)
+  );
+}
+
+function mentionsColumn(tree: unknown): boolean {
+  const stack = [tree];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (Array.isArray(v)) stack.push(...(v as unknown[]));
+    else if (isObj(v)) {
+      if ('ColumnRef' in v) return true;
+      stack.push(...Object.values(v));
+    }
+  }
+  return false;
 }
 
 function statementOperation(

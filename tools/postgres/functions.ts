@@ -534,9 +534,9 @@ export const WRITE_FUNCTIONS: ReadonlyMap<string, string> = new Map([
   ...group('assigns a transaction id', ['txid_current', 'pg_current_xact_id']),
 ]);
 
-/** Functions that run a SQL string the classifier cannot see: `unknown`, whatever the text. */
-export const UNKNOWN_FUNCTIONS: ReadonlyMap<string, string> = new Map(
-  group('runs a SQL string the classifier cannot see', [
+/** Functions whose effect the classifier cannot bound (a SQL string it cannot see...): `unknown`. */
+export const UNKNOWN_FUNCTIONS: ReadonlyMap<string, string> = new Map([
+  ...group('runs a SQL string the classifier cannot see', [
     'query_to_xml',
     'query_to_xmlschema',
     'query_to_xml_and_xmlschema',
@@ -545,7 +545,10 @@ export const UNKNOWN_FUNCTIONS: ReadonlyMap<string, string> = new Map(
     'ts_stat',
     'ts_rewrite',
   ]),
-);
+  // Not on the read allowlist either; named here so attribute notation (x.setseed) is caught.
+  ...group("changes the session's random seed", ['setseed']),
+  ...group('is an internal check of access method definitions', ['amvalidate']),
+]);
 
 /**
  * Hand-picked volatile functions with no effect beyond the result: clocks, random values,

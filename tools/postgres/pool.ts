@@ -46,6 +46,10 @@ export class PostgresPools {
     if (!pool) {
       const options = [
         mode === 'read' ? '-c default_transaction_read_only=on' : '',
+        // The classifier parses as PostgreSQL does with standard_conforming_strings on (its
+        // only mode). A server, database or role that turns it off would read '\' differently
+        // and see other statements in the same text; the startup option overrides all three.
+        '-c standard_conforming_strings=on',
         // A pooled session must never sit in an open transaction holding locks.
         '-c idle_in_transaction_session_timeout=60000',
       ]
