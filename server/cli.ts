@@ -67,6 +67,11 @@ const configOpt = { config: { type: 'string', default: './gatehouse.yaml' } } as
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // `gatehouse audit tail --help`: usage on stdout, exit 0, whatever the command.
+  if (command !== undefined && (rest.includes('--help') || rest.includes('-h'))) {
+    io.out.write(USAGE);
+    return 0;
+  }
   switch (command) {
     case 'serve': {
       const { values } = parse(rest, {
