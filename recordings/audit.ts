@@ -50,6 +50,7 @@ export interface AuditRecord {
   input: unknown;
   decision: { effect: string; rule: string; reason: string };
   approval?: { id: string; approver: string; answer: string };
+  /** null on a decision line: the call has not run yet. */
   outcome?: {
     status: string;
     rows?: number;
@@ -57,8 +58,9 @@ export interface AuditRecord {
     exitCode?: number | null;
     durationMs: number;
     code?: string;
-  };
-  masked?: Record<string, number>;
+  } | null;
+  /** Counts per detector on an outcome line ({} when nothing was masked); null on a decision line. */
+  masked?: Record<string, number> | null;
   kind: 'decision' | 'outcome';
 }
 

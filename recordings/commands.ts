@@ -23,7 +23,8 @@ export interface Io {
 const MAX_REPLAY_GAP_MS = 2000;
 
 export async function auditVerify(file: string, io: Io): Promise<number> {
-  if (!(await isFile(file, io, 'audit log'))) return 2;
+  // A log that is not there fails the check (it may have been deleted), like a broken one.
+  if (!(await isFile(file, io, 'audit log'))) return 1;
   const result = await verifyAuditFile(file);
   if (result.ok) {
     await emit(io.out, `ok: ${result.lines} lines, chain intact\n`);

@@ -9,6 +9,7 @@ import {
   recordingsReplay,
   recordingsShow,
 } from '../recordings/commands.js';
+import { AuditIntegrityError } from '../recordings/audit.js';
 import { PostgresPools } from '../tools/postgres/pool.js';
 import { createTools } from '../tools/registry.js';
 import { loadConfig } from './config.js';
@@ -28,16 +29,18 @@ import { parseDuration } from './units.js';
 
 const USAGE = `usage: gatehouse <command> [options]
 
-  serve [--config F] [--transport stdio|http] [--listen HOST:PORT] [--token-file F]
-  demo [--transport stdio|http] [--listen HOST:PORT]
+  serve [--config F] [--token-file F]          the server over stdio (token: GATEHOUSE_TOKEN)
+  demo                                         zero-setup demo over stdio
   token --sub S [--group G]... [--ttl 15m] [--config F]
   policy check [--config F]
   policy test [--config F] [FILE...]
   policy explain [--config F] --sub S [--group G]... --tool T --input JSON
   audit verify [--config F] [--file F]
   audit tail [--config F] [--file F] [-f] [--sub S] [--tool T] [--decision D] [--json]
-  recordings list|show ID|replay ID [--config F] [--speed N]
-  approvals list [--json] | approve ID | deny ID [--reason R] [--token T] [--server URL]
+  recordings list|show ID|replay ID [--config F] [--dir D] [--speed N]
+
+  Not in this release: --transport http (Streamable HTTP, SSE) and \`gatehouse approvals\`.
+  Exit codes: 0 ok, 1 a check failed or the operation was refused, 2 usage or config error.
 `;
 
 class UsageError extends Error {}
@@ -80,12 +83,17 @@ async function main(argv: string[]): Promise<number> {
         listen: { type: 'string' },
         'token-file': { type: 'string' },
       });
-      if (values.transport !== 'stdio') {
-        throw new UsageError(
-          `transport ${values.transport} is not available yet; use --transport stdio`,
-        );
-      }
+      checkTransport(values.transport);
       const tokenFile = values['token-file'];
+      if (tokenFile) {
+        try {
+          readFileSync(tokenFile, 'utf8');
+        } catch (err) {
+          throw new UsageError(
+            `cannot read --token-file ${tokenFile}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+          );
+        }
+      }
       // The token is read again on every call, so a rotated token file takes effect at once.
       const token = tokenFile
         ? () => readToken(tokenFile)
@@ -97,11 +105,7 @@ async function main(argv: string[]): Promise<number> {
         transport: { type: 'string', default: 'stdio' },
         listen: { type: 'string' },
       });
-      if (values.transport !== 'stdio') {
-        throw new UsageError(
-          `transport ${values.transport} is not available yet; use --transport stdio`,
-        );
-      }
+      checkTransport(values.transport);
       return runDemo();
     }
     case 'token': {
@@ -148,6 +152,16 @@ async function main(argv: string[]): Promise<number> {
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}`);
   }
+}
+
+function checkTransport(transport: string | undefined): void {
+  if (transport === 'stdio') return;
+  if (transport === 'http') {
+    throw new UsageError(
+      'transport http (Streamable HTTP and SSE) is not available in this release; use --transport stdio',
+    );
+  }
+  throw new UsageError(`unknown transport ${JSON.stringify(transport)}: use stdio`);
 }
 
 function readToken(file: string): string | undefined {
@@ -367,6 +381,10 @@ main(process.argv.slice(2)).then(
     } else if (err instanceof ConfigError) {
       io.err.write(err.issues.map((i) => `gatehouse: ${i}`).join('\n') + '\n');
       process.exitCode = 2;
+    } else if (err instanceof AuditIntegrityError) {
+      // The log cannot be continued (torn, edited, held by another process): refused.
+      io.err.write(`gatehouse: ${err.message}\n`);
+      process.exitCode = 1;
     } else if (err instanceof GovernanceError) {
       io.err.write(`gatehouse: ${err.publicText}\n`);
       process.exitCode = 1;

@@ -32,6 +32,9 @@ import type { Session } from './session.js';
  */
 const NOT_YET_DURABLE = { durable: false } as const;
 
+/** Tools of the contract that later releases add: refused by name, not as unknown. */
+const LATER_TOOLS = new Set(['ssh_exec', 'kubectl']);
+
 interface Call {
   callId: string;
   tool: string;
@@ -131,8 +134,14 @@ async function governed(rt: Runtime, session: Session, call: Call): Promise<Call
   }
 
   const tool = rt.tools.get(call.tool);
-  if (!tool)
-    throw new GovernanceError('INVALID_INPUT', `unknown tool ${JSON.stringify(call.tool)}`);
+  if (!tool) {
+    throw new GovernanceError(
+      'INVALID_INPUT',
+      LATER_TOOLS.has(call.tool)
+        ? `tool ${call.tool} is not available in this release of Gatehouse`
+        : `unknown tool ${JSON.stringify(call.tool)}`,
+    );
+  }
   call.input = parseInput(tool.inputSchema, call.args);
   call.description = await tool.describe(call.input);
   call.decision = rt.policies.engine.decide({
@@ -340,10 +349,13 @@ function auditRecord(
     sub: call.identity?.sub ?? '(unauthenticated)',
     groups: call.identity ? [...call.identity.groups] : [],
     tool: call.tool,
-    target: call.description?.target ?? null,
+    target: call.description?.target ?? rawTarget(call.args),
     operation: d?.operation ?? null,
-    input: call.description?.auditInput ?? (call.input === undefined ? null : call.input),
+    // A call refused before its input parsed is still recorded with what was sent.
+    input: call.description?.auditInput ?? call.input ?? boundedRaw(call.args),
     decision,
+    outcome: null,
+    masked: null,
   };
   if (kind === 'outcome') {
     const o = call.output;
@@ -358,9 +370,40 @@ function auditRecord(
         ? { bytes: o.bytes, ...(o.exitCode !== undefined ? { exitCode: o.exitCode } : {}) }
         : {}),
     };
-    if (call.masked && Object.keys(call.masked).length > 0) rec.masked = call.masked;
+    rec.masked = call.masked ?? {};
   }
   return rec;
+}
+
+function rawTarget(args: unknown): string | null {
+  const t = (args as { target?: unknown } | null)?.target;
+  return typeof t === 'string' ? t.slice(0, 256) : null;
+}
+
+/** The arguments as sent, for the audit line of a call whose input did not parse; bounded. */
+const RAW_INPUT_MAX = 16 * 1024;
+function boundedRaw(args: unknown): unknown {
+  if (args === undefined) return null;
+  const json = JSON.stringify(args) ?? 'null';
+  if (json.length <= RAW_INPUT_MAX) return args;
+  return { truncated: true, bytes: Buffer.byteLength(json), preview: json.slice(0, RAW_INPUT_MAX) };
+}
+
+/**
+ * The session's recording, created once its identity is known: at the start of a stdio
+ * session (so a session without calls has its file too), else on its first verified call.
+ */
+export async function ensureRecorder(rt: Runtime, session: Session): Promise<void> {
+  if (session.recorder || !session.identity) return;
+  const identity = session.identity;
+  session.recorderPending ??= SessionRecorder.create(rt.config.recordings.dir, {
+    session: session.id,
+    identity: { sub: identity.sub, groups: [...identity.groups] },
+    client: session.clientInfo,
+    start: session.startedAt,
+    transport: session.transport,
+  });
+  session.recorder = await session.recorderPending;
 }
 
 async function record(
@@ -370,15 +413,7 @@ async function record(
   result: CallToolResult,
 ): Promise<void> {
   try {
-    if (!session.recorder && session.identity) {
-      session.recorder = await SessionRecorder.create(rt.config.recordings.dir, {
-        session: session.id,
-        identity: { sub: session.identity.sub, groups: [...session.identity.groups] },
-        client: session.clientInfo,
-        start: new Date().toISOString(),
-        transport: session.transport,
-      });
-    }
+    await ensureRecorder(rt, session);
     await session.recorder?.record({
       callId: call.callId,
       tool: call.tool,

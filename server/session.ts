@@ -10,16 +10,28 @@ import type { Identity } from './identity.js';
 export interface Session {
   readonly id: string;
   readonly transport: 'stdio' | 'http' | 'memory';
+  /** ISO time the session began (the recording header's `start`). */
+  readonly startedAt: string;
   token(): string | undefined;
   clientInfo: { name: string; version: string } | null;
   /** Set on the first verified call; the recording header names this identity. */
   identity: Identity | null;
   recorder: SessionRecorder | null;
+  /** The recording being created, so concurrent first calls share one file. */
+  recorderPending?: Promise<SessionRecorder>;
 }
 
 export function newSession(
   transport: Session['transport'],
   token: () => string | undefined,
 ): Session {
-  return { id: randomUUID(), transport, token, clientInfo: null, identity: null, recorder: null };
+  return {
+    id: randomUUID(),
+    transport,
+    startedAt: new Date().toISOString(),
+    token,
+    clientInfo: null,
+    identity: null,
+    recorder: null,
+  };
 }

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import type pg from 'pg';
@@ -220,7 +221,7 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
       }),
     );
     expect(huge).toMatchObject({ rowCount: 50, truncated: true });
-    expect((huge.rows as unknown[][])[49]).toEqual(['50']);
+    expect(huge.rows[49]).toEqual(['50']);
     // The caller may ask for fewer, never for more.
     const fewer = ok(
       await capped.call('postgres_query', {
@@ -280,6 +281,10 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
     expect(textOf(unknownKey)).toMatch(/^INVALID_INPUT: /);
     const noTarget = await analyst.call('postgres_query', { sql: 'SELECT 1' });
     expect(textOf(noTarget)).toMatch(/^INVALID_INPUT: target/);
+    const later = await analyst.call('ssh_exec', { target: 'web-1', argv: ['uptime'] });
+    expect(textOf(later)).toBe(
+      'INVALID_INPUT: tool ssh_exec is not available in this release of Gatehouse',
+    );
   });
 
   it('denies targets the policy does not name, by default', async () => {
@@ -410,5 +415,32 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
   it('leaves an audit chain that verifies', async () => {
     const result = await verifyAuditFile(`${gw.dir}/audit.jsonl`);
     expect(result).toMatchObject({ ok: true });
+  });
+
+  it('writes every audit field of the contract on every line', async () => {
+    const lines = (await readFile(`${gw.dir}/audit.jsonl`, 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.length).toBeGreaterThan(100);
+    const required = ['time', 'seq', 'callId', 'session', 'sub', 'groups', 'tool', 'target'];
+    required.push('operation', 'input', 'decision', 'outcome', 'masked', 'prev', 'hash');
+    for (const line of lines) {
+      for (const key of required)
+        expect(line, `${key} in line ${String(line.seq)}`).toHaveProperty(key);
+      if (line.kind === 'outcome') {
+        expect(line.outcome).toMatchObject({ status: expect.any(String) as unknown });
+        expect(typeof line.masked).toBe('object');
+      }
+    }
+    // A call refused before its input parsed is on record with what was sent.
+    const bogus = lines.find(
+      (l) => (l.input as { database?: string } | null)?.database === 'postgres',
+    );
+    expect(bogus).toMatchObject({
+      target: 'app-db',
+      input: { sql: 'SELECT 1', database: 'postgres' },
+      decision: { effect: 'deny', rule: 'input' },
+    });
   });
 });

@@ -221,4 +221,47 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
     // The logs went to stderr, at debug level.
     expect(err).toContain('serving MCP over stdio');
   });
+
+  it('records a session from its start, even one that makes no call', async () => {
+    const recDir = path.join(dir, 'recordings');
+    const before = new Set(await readdir(recDir));
+    const started = new Date().toISOString();
+    const child = spawn(process.execPath, [...CLI, 'serve', '--config', configFile], {
+      env: cliEnv({ GATEHOUSE_TOKEN: token }),
+      stdio: ['pipe', 'pipe', 'ignore'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stdin.write(
+      `${JSON.stringify({
+        jsonrpc: '2.0',
+        id: 1,
+        method: 'initialize',
+        params: {
+          protocolVersion: '2025-06-18',
+          capabilities: {},
+          clientInfo: { name: 'no-calls', version: '9' },
+        },
+      })}\n`,
+    );
+    const deadline = Date.now() + 20_000;
+    while (!out.includes('"id":1') && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 50));
+    child.stdin.write(
+      `${JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' })}\n`,
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    child.stdin.end();
+    await once(child, 'exit');
+
+    const added = (await readdir(recDir)).filter((f) => !before.has(f));
+    expect(added).toHaveLength(1);
+    const lines = (await readFile(path.join(recDir, added[0]!), 'utf8'))
+      .split('\n')
+      .filter(Boolean);
+    expect(lines).toHaveLength(1);
+    const header = JSON.parse(lines[0]!) as { type: string; start: string; client: unknown };
+    expect(header).toMatchObject({ type: 'header', client: { name: 'no-calls', version: '9' } });
+    expect(header.start >= started).toBe(true);
+  });
 });

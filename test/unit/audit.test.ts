@@ -483,9 +483,9 @@ describe('audit commands', () => {
     expect(c.out()).toMatch(/^audit chain broken at line 2: hash mismatch/);
   });
 
-  it('verify: exit 2 on a missing file', async () => {
+  it('verify: exit 1 on a missing file (a deleted log fails the check)', async () => {
     const c = capture();
-    expect(await auditVerify(path.join(dir, 'nope.jsonl'), c.io)).toBe(2);
+    expect(await auditVerify(path.join(dir, 'nope.jsonl'), c.io)).toBe(1);
     expect(c.err()).toMatch(/no audit log at/);
   });
 
