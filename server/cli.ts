@@ -342,8 +342,19 @@ async function auditCommand(args: string[]): Promise<number> {
 
 async function recordingsCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
+  if (sub !== 'list' && sub !== 'show' && sub !== 'replay') {
+    throw new UsageError('recordings list | recordings show ID | recordings replay ID');
+  }
+  // `--speed -1` would read as an option named 1: keep a dash-led value with its flag, so
+  // the check below can say what is wrong with it.
+  const argv: string[] = [];
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i]!;
+    if (a === '--speed' && rest[i + 1]?.startsWith('-')) argv.push(`--speed=${rest[++i]}`);
+    else argv.push(a);
+  }
   const { values, positionals } = parse(
-    rest,
+    argv,
     { ...configOpt, dir: { type: 'string' }, speed: { type: 'string', default: '1' } },
     true,
   );

@@ -60,7 +60,9 @@ export async function explainCall(
   if (!parsed.success) {
     throw new GovernanceError(
       'INVALID_INPUT',
-      parsed.error.issues.map((i) => `input.${i.path.join('.')}: ${i.message}`).join('; '),
+      parsed.error.issues
+        .map((i) => `${['input', ...i.path.map(String)].join('.')}: ${i.message}`)
+        .join('; '),
     );
   }
   const description = await tool.describe(parsed.data);
@@ -84,5 +86,8 @@ export async function explainCall(
     })),
     limits: d.limits,
     mask: d.mask,
+    ...(description.refusal
+      ? { refusal: `${description.refusal}: refused with INVALID_INPUT` }
+      : {}),
   };
 }

@@ -164,6 +164,9 @@ async function governed(rt: Runtime, session: Session, call: Call): Promise<Call
     );
   }
 
+  if (call.description.refusal) {
+    throw new GovernanceError('INVALID_INPUT', call.description.refusal);
+  }
   const output = await execute(rt, tool, call);
   return maskAndRender(rt, call, output);
 }

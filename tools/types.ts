@@ -29,6 +29,11 @@ export interface CallDescription {
   parts: CallPart[];
   /** What the audit log records as `input`: the call's own text, never a secret. */
   auditInput: unknown;
+  /**
+   * Why the tool cannot run this call whatever policy says (e.g. several statements):
+   * policy still decides first, and an allowed call is then refused with INVALID_INPUT.
+   */
+  refusal?: string;
   /** The tool's own notes from describe for execute (e.g. the SQL to run in another form). */
   plan?: Record<string, unknown>;
 }

@@ -339,6 +339,22 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
     }
   });
 
+  it('says, before and at the call, that several statements are refused after policy', async () => {
+    const input = { target: 'app-db', sql: 'SELECT 1; SELECT 2' };
+    const e = await analyst.call('explain', { tool: 'postgres_query', input });
+    expect(e.structuredContent).toMatchObject({
+      effect: 'allow',
+      refusal: 'one statement per call (got 2): refused with INVALID_INPUT',
+    });
+    const r = await analyst.call('postgres_query', input);
+    expect(textOf(r)).toBe('INVALID_INPUT: one statement per call (got 2)');
+    const badKey = await analyst.call('explain', {
+      tool: 'postgres_query',
+      input: { ...input, extra: 1 },
+    });
+    expect(textOf(badKey)).toMatch(/^INVALID_INPUT: input: /);
+  });
+
   it('explain gives the decision without executing', async () => {
     const before = await snapshotState(su);
     const r = await analyst.call('explain', {

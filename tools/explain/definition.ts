@@ -17,6 +17,8 @@ export const ExplainOutput = z.object({
   ),
   limits: z.object({ maxRows: z.number(), timeoutMs: z.number(), maxOutputBytes: z.number() }),
   mask: z.array(z.string()),
+  /** Set when the tool itself would refuse the call after policy (e.g. several statements). */
+  refusal: z.string().optional(),
 });
 export type ExplainOutput = z.infer<typeof ExplainOutput>;
 

@@ -67,12 +67,19 @@ export function postgresQueryTool(
           reason: s.reason,
         })),
         auditInput: { sql: input.sql, ...(input.params ? { params: input.params } : {}) },
-        plan: { runAs: c.runAs, unsupported: c.unsupported },
+        plan: { runAs: c.runAs },
+        ...(c.statements.length > 1
+          ? { refusal: `one statement per call (got ${c.statements.length})` }
+          : c.unsupported
+            ? { refusal: c.unsupported }
+            : {}),
       };
     },
     async execute(input, ctx) {
-      const plan = ctx.description.plan as { runAs?: string; unsupported?: string } | undefined;
-      if (plan?.unsupported) throw new GovernanceError('INVALID_INPUT', plan.unsupported);
+      const plan = ctx.description.plan as { runAs?: string } | undefined;
+      if (ctx.description.refusal) {
+        throw new GovernanceError('INVALID_INPUT', ctx.description.refusal);
+      }
       return executor.run(
         ctx.target,
         {
