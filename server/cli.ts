@@ -197,7 +197,7 @@ async function policyCommand(args: string[]): Promise<number> {
       let cases = policies.tests;
       if (positionals.length > 0) {
         const wanted = positionals.map((p) => path.resolve(p));
-        const extra = await loadTestsFrom(wanted);
+        const extra = await loadTestsFrom(wanted, policies.files);
         cases = extra;
       }
       let passed = 0;
@@ -276,7 +276,7 @@ async function policyCommand(args: string[]): Promise<number> {
   }
 }
 
-async function loadTestsFrom(files: string[]) {
+async function loadTestsFrom(files: string[], configured: readonly string[]) {
   const { loadYamlFile } = await import('./yaml.js');
   const { PolicyFile } = await import('../policies/schema.js');
   const out: Array<{
@@ -286,6 +286,13 @@ async function loadTestsFrom(files: string[]) {
   }> = [];
   for (const file of files) {
     const { value, locate } = await loadYamlFile(file, PolicyFile);
+    const loaded = configured.map((f) => path.resolve(f)).includes(path.resolve(file));
+    if (!loaded && (value.rules.length > 0 || Object.keys(value.masking).length > 0)) {
+      io.err.write(
+        `gatehouse: note: ${file} is not among the config's policies: its rules and masking are ` +
+          'not loaded, and its tests run against the configured policies\n',
+      );
+    }
     value.tests.forEach((test, i) => out.push({ file, test, where: locate(['tests', i]) }));
   }
   return out;
