@@ -71,7 +71,8 @@ function outputSchema(schema: z.ZodType): Tool['outputSchema'] {
 }
 
 export function listTools(rt: Pick<Runtime, 'tools'>): Tool[] {
-  const governed = [...rt.tools.values()].map((t) => ({
+  // Meta tools first: an agent reading the list meets list_targets and explain before the rest.
+  return [...Object.values(META_TOOLS), ...rt.tools.values()].map((t) => ({
     name: t.name,
     title: t.title,
     description: t.description,
@@ -79,13 +80,4 @@ export function listTools(rt: Pick<Runtime, 'tools'>): Tool[] {
     outputSchema: outputSchema(t.outputSchema),
     annotations: { title: t.title, ...t.annotations },
   }));
-  const meta = Object.values(META_TOOLS).map((t) => ({
-    name: t.name,
-    title: t.title,
-    description: t.description,
-    inputSchema: jsonSchema(t.inputSchema, 'input'),
-    outputSchema: outputSchema(t.outputSchema),
-    annotations: { title: t.title, ...t.annotations },
-  }));
-  return [...meta, ...governed];
 }

@@ -13,6 +13,14 @@ import { CLI, cliEnv } from '../helpers/cli.js';
 
 const pgInfo = inject('pg');
 
+/** A raw JSON-RPC initialize request, as a client writes it on the server's stdin. */
+const initialize = (clientInfo: { name: string; version: string }) => ({
+  jsonrpc: '2.0',
+  id: 1,
+  method: 'initialize',
+  params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo },
+});
+
 const policy = {
   rules: [
     {
@@ -184,16 +192,7 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
       while (out.split('\n').filter(Boolean).length < n && Date.now() < deadline)
         await new Promise((r) => setTimeout(r, 50));
     };
-    send({
-      jsonrpc: '2.0',
-      id: 1,
-      method: 'initialize',
-      params: {
-        protocolVersion: '2025-06-18',
-        capabilities: {},
-        clientInfo: { name: 'raw', version: '1' },
-      },
-    });
+    send(initialize({ name: 'raw', version: '1' }));
     await responses(1);
     send({ jsonrpc: '2.0', method: 'notifications/initialized' });
     send({ jsonrpc: '2.0', id: 2, method: 'tools/list' });
@@ -232,18 +231,7 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
     });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stdin.write(
-      `${JSON.stringify({
-        jsonrpc: '2.0',
-        id: 1,
-        method: 'initialize',
-        params: {
-          protocolVersion: '2025-06-18',
-          capabilities: {},
-          clientInfo: { name: 'no-calls', version: '9' },
-        },
-      })}\n`,
-    );
+    child.stdin.write(`${JSON.stringify(initialize({ name: 'no-calls', version: '9' }))}\n`);
     const deadline = Date.now() + 20_000;
     while (!out.includes('"id":1') && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 50));

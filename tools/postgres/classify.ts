@@ -330,8 +330,18 @@ function funcName(funcname: unknown): string[] {
  * arguments of type internal, which SQL cannot pass.
  */
 function attributeCall(name: string): { operation: SqlOperation; reason: string } | undefined {
+  return listedFunction(name, `${name}(), called as an attribute (x.${name})`);
+}
+
+/**
+ * The admin, write and unknown lists. They match case-insensitively and in any schema:
+ * `"PG_READ_FILE"` or `ext.dblink_exec` must not get past by spelling or by schema.
+ */
+function listedFunction(
+  name: string,
+  shown: string,
+): { operation: SqlOperation; reason: string } | undefined {
   const lower = name.toLowerCase();
-  const shown = `${name}(), called as an attribute (x.${name})`;
   const admin = adminFunctionReason(lower);
   if (admin !== undefined) return { operation: 'admin', reason: `calls ${shown}, which ${admin}` };
   const write = WRITE_FUNCTIONS.get(lower);
@@ -346,16 +356,8 @@ function attributeCall(name: string): { operation: SqlOperation; reason: string 
 export function classifyFunction(parts: string[]): { operation: SqlOperation; reason: string } {
   const name = parts[parts.length - 1] ?? '';
   const shown = `${parts.join('.')}()`;
-  // Deny lists match case-insensitively and in any schema: `"PG_READ_FILE"` or
-  // `ext.dblink_exec` must not get past by spelling or by schema.
-  const lower = name.toLowerCase();
-  const admin = adminFunctionReason(lower);
-  if (admin !== undefined) return { operation: 'admin', reason: `calls ${shown}, which ${admin}` };
-  const write = WRITE_FUNCTIONS.get(lower);
-  if (write !== undefined) return { operation: 'write', reason: `calls ${shown}, which ${write}` };
-  const unknown = UNKNOWN_FUNCTIONS.get(lower);
-  if (unknown !== undefined)
-    return { operation: 'unknown', reason: `calls ${shown}, which ${unknown}` };
+  const listed = listedFunction(name, shown);
+  if (listed) return listed;
   // Any schema other than pg_catalog may hold a user function named like a built-in.
   const schemaOk = parts.length === 1 || (parts.length === 2 && parts[0] === 'pg_catalog');
   if (schemaOk && READ_FUNCTIONS.has(name)) return { operation: 'read', reason: '' };
