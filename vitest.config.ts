@@ -5,6 +5,9 @@ export default defineConfig({
     testTimeout: 30_000,
     hookTimeout: 90_000,
     pool: 'forks',
+    // The gateways the tests run log to stderr; only errors unless asked for more. (Tests that
+    // check what a process logs set the level of that process themselves.)
+    env: { GATEHOUSE_LOG_LEVEL: process.env.GATEHOUSE_LOG_LEVEL ?? 'error' },
     projects: [
       {
         extends: true,
