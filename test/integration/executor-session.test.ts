@@ -76,4 +76,20 @@ describe.skipIf(!pgInfo.available)('postgres sessions between calls', () => {
       message: expect.stringMatching(/25006/) as unknown,
     });
   });
+
+  it('cuts a running statement on abort, answers TIMEOUT, and the process lives on', async () => {
+    const controller = new AbortController();
+    const running = executor.run(
+      target,
+      { sql: 'SELECT pg_sleep(3)', params: [], maxRows: 10, operation: 'read', statementCount: 1 },
+      limits,
+      controller.signal,
+    );
+    setTimeout(() => controller.abort(), 200);
+    await expect(running).rejects.toMatchObject({ code: 'TIMEOUT' });
+    // node-postgres reports the cut socket as an 'error' event on the client too; unhandled,
+    // it would have ended this process before the next line.
+    await new Promise((r) => setTimeout(r, 100));
+    expect(rowsOf(await read('SELECT 2 AS two'))).toEqual([[2]]);
+  });
 });

@@ -241,6 +241,30 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
     expect(more.rows).toHaveLength(3);
   });
 
+  it('survives the server terminating its connection mid-call, and answers TARGET_ERROR', async () => {
+    const slow = analyst.call('postgres_query', {
+      target: 'app-db',
+      sql: "SELECT pg_sleep(3), 'victim' AS tag",
+    });
+    // Wait for the statement to be running, then kill its backend from outside.
+    let killed = false;
+    for (let i = 0; i < 100 && !killed; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      const r = await su.query<{ k: boolean }>(
+        `SELECT pg_terminate_backend(pid) AS k FROM pg_stat_activity
+          WHERE query LIKE '%''victim''%' AND pid <> pg_backend_pid()`,
+      );
+      killed = r.rows.some((row) => row.k);
+    }
+    expect(killed).toBe(true);
+    const r = await slow;
+    expect(textOf(r)).toMatch(/^TARGET_ERROR: /);
+    // Still serving, on a fresh connection.
+    expect(
+      ok(await analyst.call('postgres_query', { target: 'app-db', sql: 'SELECT 1 AS one' })).rows,
+    ).toEqual([[1]]);
+  });
+
   it('stops a statement at the rule timeout with TIMEOUT', async () => {
     const capped = await gw.connect(await gw.mint('capped-carol', []));
     const r = await capped.call('postgres_query', {

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { GovernanceError } from '../../server/errors.js';
+import { log } from '../../server/log.js';
 import type { ColumnOrigin } from '../../policies/masking.js';
 import type { ResolvedLimits } from '../../policies/engine.js';
 import type { ToolOutput } from '../types.js';
@@ -47,6 +48,18 @@ export class PostgresExecutor {
     // connection is destroyed instead of returned (`release(true)`). A read's session is
     // reset (see releaseAfterReset) before the pool hands it out again.
     let destroy = !readOnly;
+    // A connection that dies while checked out (the server terminated the backend, the
+    // socket was cut below) makes node-postgres emit 'error' on the client as well as fail
+    // the query. pg-pool listens only while a client is idle: without this, that event would
+    // be unhandled and take the whole gateway down. The query's own error answers the call.
+    const onClientError = (err: Error) => {
+      destroy = true;
+      log.warn(
+        { target: target.name, err: err.message },
+        'postgres connection failed during a call',
+      );
+    };
+    client.on('error', onClientError);
     const onAbort = () => {
       destroy = true;
       // Ending the socket is the only sure way to stop a running statement from here;
@@ -76,8 +89,12 @@ export class PostgresExecutor {
     } finally {
       clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);
-      if (destroy) client.release(true);
-      else releaseAfterReset(client);
+      if (destroy) {
+        // The listener stays: a client being closed can still report its socket's end.
+        client.release(true);
+      } else {
+        releaseAfterReset(client, onClientError);
+      }
     }
   }
 
@@ -128,11 +145,13 @@ export class PostgresExecutor {
  * Off the caller's path: the result does not wait for it, the next borrower of this
  * connection does. A failed reset closes the connection.
  */
-function releaseAfterReset(client: pg.PoolClient): void {
-  client.query('DISCARD ALL').then(
-    () => client.release(),
-    (err: unknown) => client.release(err instanceof Error ? err : true),
-  );
+function releaseAfterReset(client: pg.PoolClient, onError: (err: Error) => void): void {
+  const done = (err?: unknown) => {
+    client.release(err === undefined ? undefined : err instanceof Error ? err : true);
+    // Back in the pool, the pool's own idle listener takes over (a closed one keeps ours).
+    if (err === undefined) client.off('error', onError);
+  };
+  client.query('DISCARD ALL').then(() => done(), done);
 }
 
 /** Result values as JSON: dates as ISO text, bytes as hex, big numbers as strings (pg's default). */
