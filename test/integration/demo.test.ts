@@ -44,6 +44,24 @@ describe('gatehouse demo', () => {
     if (cwd) await rm(cwd, { recursive: true, force: true });
   });
 
+  it("passes its policy's own tests, and refuses pg_sleep, which would stall the embedded database", async () => {
+    const run = promisify(execFile);
+    const config = path.join(cwd, '.gatehouse', 'demo', 'gatehouse.yaml');
+    const { stdout } = await run(
+      process.execPath,
+      [builtCli, 'policy', 'test', '--config', config],
+      {
+        env: cliEnv(),
+      },
+    );
+    expect(stdout).toMatch(/\d+ passed, 0 failed/);
+    const r = (await client.callTool({
+      name: 'postgres_query',
+      arguments: { target: 'demo-db', sql: 'SELECT pg_sleep(600)' },
+    })) as CallToolResult;
+    expect((r.content[0] as { text: string }).text).toMatch(/^DENIED by rule no-sleep-in-demo: /);
+  });
+
   it('lists the tools and returns masked rows', async () => {
     const { tools } = await client.listTools();
     expect(tools.map((t) => t.name)).toContain('postgres_query');

@@ -309,6 +309,8 @@ function triviallyTrue(where: unknown): boolean {
   return false;
 }
 
+const SLEEP_FUNCTIONS = new Set(['pg_sleep', 'pg_sleep_for', 'pg_sleep_until']);
+
 const FILE_VIEWS = new Set(['pg_file_settings', 'pg_hba_file_rules', 'pg_ident_file_mappings']);
 
 function asArray(v: unknown): unknown[] {
@@ -426,6 +428,11 @@ function visitNode(
     // Functions count even under plain EXPLAIN: the planner folds immutable and estimates
     // stable calls, so `EXPLAIN SELECT f()` can run f.
     if (f.operation !== 'read') finding.raise(f.operation, via + f.reason);
+    // A read that only holds its connection; tagged so a policy can refuse it where the
+    // server cannot bound it (the demo's embedded database ignores statement_timeout).
+    if (SLEEP_FUNCTIONS.has(funcName(node.funcname).at(-1)?.toLowerCase() ?? '')) {
+      finding.tags.add('sleep');
+    }
     stack.push({ value: node, executes, via });
     return;
   }
