@@ -311,6 +311,19 @@ function triviallyTrue(where: unknown): boolean {
 
 const SLEEP_FUNCTIONS = new Set(['pg_sleep', 'pg_sleep_for', 'pg_sleep_until']);
 
+function fileView(rel: Obj, finding: Finding, via: string): void {
+  const schema = str(rel.schemaname);
+  if (
+    FILE_VIEWS.has(str(rel.relname).toLowerCase()) &&
+    (schema === '' || schema === 'pg_catalog')
+  ) {
+    finding.raise(
+      'admin',
+      `${via}reads ${str(rel.relname)}, a view over server configuration files`,
+    );
+  }
+}
+
 const FILE_VIEWS = new Set(['pg_file_settings', 'pg_hba_file_rules', 'pg_ident_file_mappings']);
 
 function asArray(v: unknown): unknown[] {
@@ -392,6 +405,9 @@ function classifyStatement(stmt: Obj): StatementClass {
       finding.raise('ddl', `${via}SELECT INTO creates a table`);
     if (executes && Array.isArray(value.lockingClause) && value.lockingClause.length > 0)
       finding.raise('write', `${via}FOR UPDATE/SHARE locks rows`);
+    // A statement's own relation is a bare RangeVar (no wrapper key): `COPY pg_hba_file_rules
+    // TO STDOUT` names a file view there.
+    if (typeof value.relname === 'string') fileView(value, finding, via);
 
     for (const [key, child] of Object.entries(value)) {
       // Node wrappers are the only PascalCase keys ({ FuncCall: {...} }); fields are camel/snake.
@@ -456,25 +472,24 @@ function visitNode(
   }
 
   // Views over the server's own files: the same data the admin-listed file functions give.
-  if (type === 'RangeVar' && FILE_VIEWS.has(str(node.relname).toLowerCase())) {
-    const schema = str(node.schemaname);
-    if (schema === '' || schema === 'pg_catalog') {
-      finding.raise(
-        'admin',
-        `${via}reads ${str(node.relname)}, a view over server configuration files`,
-      );
-    }
-  }
+  if (type === 'RangeVar') fileView(node, finding, via);
 
   // An operator named with a schema (`OPERATOR(public.===)`) outside pg_catalog is a user
   // function under another name.
-  if (type === 'A_Expr') {
-    const parts = funcName(node.name);
-    if (parts.length === 2 && parts[0] !== 'pg_catalog') {
+  const opName =
+    type === 'A_Expr'
+      ? node.name
+      : type === 'SubLink'
+        ? node.operName
+        : type === 'SortBy'
+          ? node.useOp
+          : undefined;
+  if (opName !== undefined) {
+    const parts = funcName(opName);
+    // `schema.op` or `catalog.schema.op`: anything but pg_catalog is a user function.
+    if (parts.length >= 2 && parts[parts.length - 2] !== 'pg_catalog') {
       finding.raise('unknown', `${via}uses operator ${parts.join('.')}, outside pg_catalog`);
     }
-    stack.push({ value: node, executes, via });
-    return;
   }
 
   if (type === 'ExplainStmt') {

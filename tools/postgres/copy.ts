@@ -18,8 +18,10 @@ export function copyToStdoutAsQuery(
   stmtEnd: number,
 ): string | undefined {
   if (node.query !== undefined) return parenthesisedQuery(sql, stmtStart, stmtEnd);
-  const rel = node.relation as { schemaname?: string; relname?: string } | undefined;
-  if (!rel?.relname) return undefined;
+  const rel = node.relation as
+    { catalogname?: string; schemaname?: string; relname?: string } | undefined;
+  // A database-qualified name (db.schema.table) is left to the caller to write as a SELECT.
+  if (!rel?.relname || rel.catalogname) return undefined;
   const table = rel.schemaname
     ? `${ident(rel.schemaname)}.${ident(rel.relname)}`
     : ident(rel.relname);

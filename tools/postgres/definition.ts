@@ -9,7 +9,7 @@ import type { ResolvedPostgresTarget } from './pool.js';
 const Param = z.union([z.string(), z.number(), z.boolean(), z.null()]);
 
 export const PostgresQueryInput = z.strictObject({
-  target: z.string().min(1).describe('Target name, from list_targets'),
+  target: z.string().min(1).max(256).describe('Target name, from list_targets'),
   sql: z
     .string()
     .min(1)
