@@ -19,8 +19,8 @@ describe.skipIf(!pgInfo.available)('BoundedQuery on a real PostgreSQL', () => {
     await client?.end();
   });
 
-  const run = (sql: string, params: unknown[] = [], limit = 10) => {
-    const q = new BoundedQuery(sql, params, limit);
+  const run = (sql: string, params: unknown[] = [], limit = 10, budget?: number) => {
+    const q = new BoundedQuery(sql, params, limit, budget);
     void client.query(q);
     return q.promise;
   };
@@ -38,6 +38,18 @@ describe.skipIf(!pgInfo.available)('BoundedQuery on a real PostgreSQL', () => {
     const r = await run('SELECT generate_series(1, 1000000)', [], 4);
     expect(r.rows).toEqual([[1], [2], [3], [4]]);
     expect(r).toMatchObject({ suspended: true, rowCount: null });
+    await stillUsable();
+  });
+
+  it('keeps rows only up to its byte budget, reads and drops the rest, and stays usable', async () => {
+    const r = await run(
+      "SELECT repeat('x', 100000) AS wide FROM generate_series(1, 50)",
+      [],
+      100,
+      250_000,
+    );
+    expect(r.rows).toHaveLength(2);
+    expect(r).toMatchObject({ overBudget: true, suspended: true });
     await stillUsable();
   });
 

@@ -7,8 +7,11 @@ import type pg from 'pg';
  * Parse, Bind, Describe, Execute(limit) and Sync go out together in a single write. The
  * server sends at most `limit` rows, then PortalSuspended if the statement had more (the
  * unnamed portal is dropped at Sync, so the rest is never computed) or CommandComplete if it
- * did not, then ReadyForQuery. Memory is bounded by `limit` whatever the statement returns,
- * as with a cursor, but without a cursor's second round trip to close the portal.
+ * did not, then ReadyForQuery. The row count is bounded by `limit` as with a cursor, but
+ * without a cursor's second round trip to close the portal; the bytes kept are bounded by
+ * `byteBudget`: once the rows received pass it, later rows are read and dropped one by one
+ * (`overBudget`), so wide rows cannot pile up in memory. (One row always arrives whole: the
+ * driver buffers a message before handing it over.)
  *
  * This is node-postgres's "Submittable" interface: the client hands the connection to
  * `submit` and then routes each backend message of this query to the matching `handle*`.
@@ -46,6 +49,8 @@ export interface BoundedResult {
   rows: unknown[][];
   /** The server had more rows than `limit` (PortalSuspended). */
   suspended: boolean;
+  /** The rows passed the byte budget: the rest were read and dropped. */
+  overBudget: boolean;
   /** Rows affected, from CommandComplete (INSERT/UPDATE/DELETE...); null when suspended. */
   rowCount: number | null;
   command: string | null;
@@ -59,6 +64,8 @@ export class BoundedQuery {
   private readonly boundValues: unknown[];
   private readonly rows: unknown[][] = [];
   private suspended = false;
+  private bytes = 0;
+  private overBudget = false;
   private error: unknown;
   private settle!: { resolve(r: BoundedResult): void; reject(e: unknown): void };
 
@@ -66,6 +73,7 @@ export class BoundedQuery {
     text: string,
     values: unknown[],
     private readonly limit: number,
+    private readonly byteBudget = Number.POSITIVE_INFINITY,
   ) {
     if (!Number.isInteger(limit) || limit < 1)
       throw new RangeError(`limit must be >= 1 (got ${limit})`);
@@ -94,6 +102,12 @@ export class BoundedQuery {
   }
 
   handleDataRow(msg: { fields: unknown[] }): void {
+    if (this.overBudget) return;
+    for (const f of msg.fields) if (typeof f === 'string') this.bytes += f.length;
+    if (this.bytes > this.byteBudget && this.rows.length > 0) {
+      this.overBudget = true;
+      return;
+    }
     this.rows.push(this._result.parseRow(msg.fields));
   }
 
@@ -118,13 +132,18 @@ export class BoundedQuery {
 
   handleReadyForQuery(): void {
     if (this.error !== undefined) return this.settle.reject(this.error);
-    this.settle.resolve({
+    this.settle.resolve(this.result(this.suspended || this.overBudget));
+  }
+
+  private result(suspended: boolean): BoundedResult {
+    return {
       fields: this._result.fields,
       rows: this.rows,
-      suspended: this.suspended,
-      rowCount: this.suspended ? null : this._result.rowCount,
+      suspended,
+      overBudget: this.overBudget,
+      rowCount: suspended ? null : this._result.rowCount,
       command: this._result.command,
-    });
+    };
   }
 
   // The classifier never lets COPY through to here (COPY TO STDOUT runs as its query), but a

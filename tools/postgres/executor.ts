@@ -72,12 +72,15 @@ export class PostgresExecutor {
     const timer = setTimeout(onAbort, limits.timeoutMs + 2_000);
     signal.addEventListener('abort', onAbort, { once: true });
     try {
-      const query = new BoundedQuery(req.sql, req.params, req.maxRows + 1);
+      // Room for what the byte cap lets through after masking, with slack; past that the
+      // rows would be cut anyway.
+      const byteBudget = 2 * limits.maxOutputBytes + 64 * 1024;
+      const query = new BoundedQuery(req.sql, req.params, req.maxRows + 1, byteBudget);
       // pg returns the submittable itself (no promise): the outcome is `query.promise`.
       void client.query(query);
       const result = await query.promise;
       const rows = result.rows;
-      const truncated = rows.length > req.maxRows;
+      const truncated = rows.length > req.maxRows || result.overBudget;
       if (truncated) rows.length = req.maxRows;
       const columns = await this.columnOrigins(target.name, client, result.fields);
       const values = rows.map((row) => row.map(toJsonValue));
