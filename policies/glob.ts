@@ -2,7 +2,8 @@
  * Policy globs: `*` matches any run of characters and `?` any one character, `/` and `.`
  * included; `[abc]`, `[a-z]` and `[!abc]` (or `[^abc]`) match one character of (or not of) a
  * set, a `]` right after the opening `[` or `[!` being a member; anything else matches itself,
- * case-sensitively, and the whole name must match. A `[` with no closing `]` is a literal.
+ * case-sensitively unless asked otherwise, and the whole name must match. A `[` with no
+ * closing `]` is a literal. Masking column patterns use the same matcher, per dotted part.
  *
  * Not a path glob on purpose. Subjects are often path-like (`spiffe://corp/ci/runner`,
  * `repo:org/app:ref:refs/heads/main`) and a path glob's `*` stops at `/`: a deny rule on
@@ -15,16 +16,20 @@
  */
 type Token = { kind: 'star' } | { kind: 'one'; test: (c: string) => boolean };
 
-export function compileGlobs(patterns: readonly string[]): (name: string) => boolean {
-  const compiled = patterns.map(tokenize);
+export function compileGlobs(
+  patterns: readonly string[],
+  opts: { ignoreCase?: boolean } = {},
+): (name: string) => boolean {
+  const fold = opts.ignoreCase ? (x: string) => x.toLowerCase() : (x: string) => x;
+  const compiled = patterns.map((p) => tokenize(fold(p)));
   return (name) => {
-    const chars = [...name];
+    const chars = [...fold(name)];
     return compiled.some((tokens) => matchTokens(tokens, chars));
   };
 }
 
 export function globMatch(pattern: string, name: string): boolean {
-  return matchTokens(tokenize(pattern), [...name]);
+  return compileGlobs([pattern])(name);
 }
 
 function tokenize(pattern: string): Token[] {

@@ -1,4 +1,5 @@
 import { createHmac } from 'node:crypto';
+import { compileGlobs } from './glob.js';
 
 /**
  * Masking v1: pure functions, no I/O. A masker hides whole columns (by their real origin)
@@ -9,8 +10,17 @@ import { createHmac } from 'node:crypto';
  * nothing, which keeps recordings, audit counts and re-rendered results stable.
  */
 
-export type Detector =
-  'email' | 'credit_card' | 'ssn' | 'iban' | 'phone' | 'jwt' | 'aws_key' | 'private_key';
+export const DETECTOR_NAMES = [
+  'email',
+  'credit_card',
+  'ssn',
+  'iban',
+  'phone',
+  'jwt',
+  'aws_key',
+  'private_key',
+] as const;
+export type Detector = (typeof DETECTOR_NAMES)[number];
 export type MaskStyle = 'redact' | 'partial' | 'pseudonym';
 
 export interface MaskProfile {
@@ -44,17 +54,6 @@ export interface Masker {
   /** Detectors only: error texts, command output, anything that is not a result set. */
   maskText(text: string): MaskResult<string>;
 }
-
-export const DETECTOR_NAMES: readonly Detector[] = [
-  'email',
-  'credit_card',
-  'ssn',
-  'iban',
-  'phone',
-  'jwt',
-  'aws_key',
-  'private_key',
-];
 
 // Stricter first: a mixed set of profiles never shows more than its strictest member allows.
 const STYLE_RANK: Record<MaskStyle, number> = { partial: 0, pseudonym: 1, redact: 2 };
@@ -253,33 +252,25 @@ function isMaskedForm(s: string, style: MaskStyle): boolean {
   return style === 'partial' && PARTIAL_FORMS.some((r) => r.test(s));
 }
 
-function compileGlob(glob: string): RegExp[] {
+function compileGlob(glob: string): Matcher[] {
   const parts = glob.trim().split('.');
   if (glob.trim() === '' || parts.length > 3 || parts.some((p) => p === '')) {
     throw new Error(
       `masking column pattern "${glob}" must be column, table.column or schema.table.column`,
     );
   }
-  return parts.map(
-    (p) =>
-      new RegExp(
-        '^' +
-          p
-            .split('')
-            .map((c) =>
-              c === '*' ? '.*' : c === '?' ? '.' : c.replace(/[\\^$.|+()[\]{}]/g, '\\$&'),
-            )
-            .join('') +
-          '$',
-        'i',
-      ),
-  );
+  // Identifiers compare case-insensitively here: `*.Password` masks `password`.
+  return parts.map((p) => ({ test: compileGlobs([p], { ignoreCase: true }) }));
+}
+
+interface Matcher {
+  test(s: string): boolean;
 }
 
 interface ColumnGlob {
-  schema?: RegExp;
-  table?: RegExp;
-  column: RegExp;
+  schema?: Matcher;
+  table?: Matcher;
+  column: Matcher;
 }
 
 function toColumnGlob(glob: string): ColumnGlob {

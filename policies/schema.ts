@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { Duration } from '../server/config.js';
 import { parseSize } from '../server/units.js';
+import { DETECTOR_NAMES } from './masking.js';
 
 /** The policy file format (CONTRACT section 5). Strict: an unknown key is an error, not a no-op. */
 
@@ -78,19 +79,8 @@ export const Rule = z
   });
 export type Rule = z.infer<typeof Rule>;
 
-export const DETECTORS = [
-  'email',
-  'credit_card',
-  'ssn',
-  'iban',
-  'phone',
-  'jwt',
-  'aws_key',
-  'private_key',
-] as const;
-
 export const MaskProfileSchema = z.strictObject({
-  detectors: z.array(z.enum(DETECTORS)).default([]),
+  detectors: z.array(z.enum(DETECTOR_NAMES)).default([]),
   columns: z.array(z.string().min(1)).default([]),
   style: z.enum(['redact', 'partial', 'pseudonym']).default('redact'),
 });
