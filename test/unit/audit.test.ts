@@ -14,7 +14,6 @@ import {
 } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   AuditIntegrityError,
@@ -27,7 +26,8 @@ import {
   type AuditRecord,
 } from '../../recordings/audit.js';
 import { canonicalJson } from '../../recordings/canonical.js';
-import { auditTail, auditVerify, type Io } from '../../recordings/commands.js';
+import { auditTail, auditVerify } from '../../recordings/commands.js';
+import { capture } from '../helpers/io.js';
 
 let dir: string;
 let file: string;
@@ -72,23 +72,6 @@ async function fileLines(): Promise<string[]> {
 
 async function setLines(lines: string[]): Promise<void> {
   await writeFile(file, lines.map((l) => l + '\n').join(''));
-}
-
-function capture(): { io: Io; out: () => string; err: () => string } {
-  let out = '';
-  let err = '';
-  const sink = (append: (s: string) => void) =>
-    new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        append(chunk.toString());
-        cb();
-      },
-    });
-  return {
-    io: { out: sink((s) => (out += s)), err: sink((s) => (err += s)) },
-    out: () => out,
-    err: () => err,
-  };
 }
 
 async function waitFor(check: () => boolean, ms = 5000): Promise<void> {

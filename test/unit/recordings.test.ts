@@ -1,14 +1,8 @@
 import { appendFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import {
-  recordingsList,
-  recordingsReplay,
-  recordingsShow,
-  type Io,
-} from '../../recordings/commands.js';
+import { recordingsList, recordingsReplay, recordingsShow } from '../../recordings/commands.js';
 import {
   listRecordings,
   readRecording,
@@ -16,6 +10,7 @@ import {
   SessionRecorder,
   type RecordingHeader,
 } from '../../recordings/session.js';
+import { capture } from '../helpers/io.js';
 
 let dir: string;
 
@@ -47,23 +42,6 @@ function call(i: number, time: string) {
     decision: { effect: 'allow', rule: 'readers', reason: 'reads are fine' },
     result: { content: [{ type: 'text', text: `result ${i}\nsecond line` }] },
     durationMs: 5,
-  };
-}
-
-function capture(): { io: Io; out: () => string; err: () => string } {
-  let out = '';
-  let err = '';
-  const sink = (append: (s: string) => void) =>
-    new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        append(chunk.toString());
-        cb();
-      },
-    });
-  return {
-    io: { out: sink((s) => (out += s)), err: sink((s) => (err += s)) },
-    out: () => out,
-    err: () => err,
   };
 }
 
