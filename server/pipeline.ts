@@ -220,7 +220,7 @@ function maskAndRender(rt: Runtime, call: Call, output: ToolOutput): CallToolRes
       truncated,
       operation: output.operation,
     };
-    return scrub(call, {
+    return scrubSecrets(call.secrets, {
       content: [{ type: 'text', text: renderRows(target, structured, fenceNonce()) }],
       structuredContent: structured,
     });
@@ -235,7 +235,7 @@ function maskAndRender(rt: Runtime, call: Call, output: ToolOutput): CallToolRes
     for (const [k, n] of Object.entries(m.counts)) counts[k] = (counts[k] ?? 0) + n;
   }
   call.masked = counts;
-  return scrub(call, {
+  return scrubSecrets(call.secrets, {
     content: [
       { type: 'text', text: renderText(target, structured, output.maskedFields, fenceNonce()) },
     ],
@@ -275,7 +275,7 @@ function errorResult(rt: Runtime, call: Call, err: GovernanceError): CallToolRes
     err.code === 'DENIED'
       ? `DENIED by rule ${err.rule ?? 'default-deny'}: ${reason}`
       : `${err.code}: ${reason}`;
-  return scrub(call, {
+  return scrubSecrets(call.secrets, {
     isError: true,
     content: [{ type: 'text', text }],
     structuredContent: {
@@ -285,14 +285,6 @@ function errorResult(rt: Runtime, call: Call, err: GovernanceError): CallToolRes
       callId: call.callId,
     },
   });
-}
-
-/**
- * Last line of defence: no credential the gateway resolved for this call may appear in what
- * the agent sees, whatever a driver or a target echoed back.
- */
-function scrub(call: Call, result: CallToolResult): CallToolResult {
-  return scrubSecrets(call.secrets, result);
 }
 
 /**
