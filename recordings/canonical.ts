@@ -1,16 +1,20 @@
 /**
- * Canonical JSON: object keys sorted (by UTF-16 code units) at every depth, no whitespace,
- * numbers and strings serialized as ECMAScript does. For the values the audit log holds
- * (strings, finite numbers, booleans, null, arrays, plain objects) this is RFC 8785 (JCS).
+ * Canonical JSON is RFC 8785, the JSON Canonicalization Scheme (JCS): object keys sorted by
+ * UTF-16 code units at every depth, no whitespace, numbers as ECMAScript writes them (`1e-7`,
+ * `1e+21`, `0.1`, `-0` as `0`), strings as JSON.stringify writes them (only `"`, `\\` and
+ * C0 controls escaped; everything else, U+2028 and astral characters included, as UTF-8).
+ * README's Python verifier implements the same scheme, and a test runs it on a real log.
  *
  * The hash chain depends on it: `canonicalJson(JSON.parse(canonicalJson(x)))` must equal
  * `canonicalJson(x)`, so a verifier re-parsing a line computes the very bytes the writer hashed.
  * Anything that would not survive that round trip (NaN, Infinity, bigint, functions, Maps,
  * cycles) throws instead of being silently dropped or coerced: evidence must not change shape.
  *
- * Deviations from RFC 8785, for the record: a lone surrogate in a string is escaped
- * (`\udXXX`, as JSON.stringify does) rather than rejected; `undefined` object members are
- * dropped and `undefined` array items become `null`, as JSON.stringify does.
+ * A string or key holding a lone UTF-16 surrogate is ill-formed and rejected, as RFC 8785
+ * requires (JSON.stringify would escape it as `\udXXX`, which other verifiers read
+ * differently); writers clean raw input with `wellFormed()` first. Beyond JSON's own values,
+ * `undefined` object members are dropped and `undefined` array items become `null`, as
+ * JSON.stringify does, so a record with optional fields serializes as its parsed form would.
  */
 export function canonicalJson(value: unknown): string {
   return serialize(value, new Set(), '$');
@@ -26,7 +30,7 @@ function serialize(value: unknown, ancestors: Set<object>, path: string): string
       // ECMAScript Number-to-string is the RFC 8785 number form (and -0 becomes 0).
       return JSON.stringify(value);
     case 'string':
-      return JSON.stringify(value);
+      return str(value, path);
     case 'object':
       break;
     default:
@@ -59,10 +63,31 @@ function serialize(value: unknown, ancestors: Set<object>, path: string): string
     for (const key of Object.keys(record).sort()) {
       const v = record[key];
       if (v === undefined) continue;
-      members.push(`${JSON.stringify(key)}:${serialize(v, ancestors, `${path}.${key}`)}`);
+      members.push(`${str(key, `${path} key`)}:${serialize(v, ancestors, `${path}.${key}`)}`);
     }
     return `{${members.join(',')}}`;
   } finally {
     ancestors.delete(obj);
   }
+}
+
+function str(s: string, path: string): string {
+  if (!isWellFormed(s)) {
+    throw new TypeError(
+      `canonical JSON: ${path} holds a lone UTF-16 surrogate (ill-formed string)`,
+    );
+  }
+  return JSON.stringify(s);
+}
+
+type WellFormedString = { isWellFormed(): boolean; toWellFormed(): string };
+
+/** True when the string has no lone UTF-16 surrogate (String.prototype.isWellFormed, Node 20). */
+export function isWellFormed(s: string): boolean {
+  return (s as unknown as WellFormedString).isWellFormed();
+}
+
+/** The string with each lone UTF-16 surrogate replaced by U+FFFD: safe to write as evidence. */
+export function wellFormed(s: string): string {
+  return (s as unknown as WellFormedString).toWellFormed();
 }

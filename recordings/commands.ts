@@ -56,7 +56,7 @@ export async function auditTail(
       if (opts.sub !== undefined && line.sub !== opts.sub) continue;
       if (opts.tool !== undefined && line.tool !== opts.tool) continue;
       if (opts.decision !== undefined && line.decision?.effect !== opts.decision) continue;
-      await emit(io.out, (opts.json ? raw : auditText(line)) + '\n');
+      await emit(io.out, (opts.json ? jsonForTerminal(raw) : auditText(line)) + '\n');
     }
   } catch (err) {
     await emit(io.err, `gatehouse audit tail: ${(err as Error).message}\n`);
@@ -71,7 +71,7 @@ export async function recordingsList(dir: string, io: Io): Promise<number> {
     await emit(io.out, `no recordings in ${dir}\n`);
     return 0;
   }
-  const rows = all.map((r) => [r.session, r.start, String(r.calls), safe(r.sub)]);
+  const rows = all.map((r) => [safe(r.session), safe(r.start), String(r.calls), safe(r.sub)]);
   const table = [['SESSION', 'START', 'CALLS', 'SUB'], ...rows];
   const widths = [0, 1, 2].map((i) => Math.max(...table.map((row) => row[i]!.length)));
   for (const row of table) {
@@ -142,24 +142,25 @@ function auditText(line: AuditLine): string {
 }
 
 function headerText(h: RecordingHeader, calls: number): string {
-  const client = h.client ? `${h.client.name} ${h.client.version}` : 'unknown client';
-  const groups = h.identity.groups.length ? ` (${h.identity.groups.join(', ')})` : '';
-  return safe(
-    `session ${h.session}  started ${h.start}  via ${h.transport}\n` +
-      `  identity ${h.identity.sub}${groups}  client ${client}  ${calls} call(s)\n`,
+  const client = h.client ? `${safe(h.client.name)} ${safe(h.client.version)}` : 'unknown client';
+  const groups = h.identity.groups.length ? ` (${h.identity.groups.map(safe).join(', ')})` : '';
+  return (
+    `session ${safe(h.session)}  started ${safe(h.start)}  via ${safe(h.transport)}\n` +
+    `  identity ${safe(h.identity.sub)}${groups}  client ${client}  ${calls} call(s)\n`
   );
 }
 
 function callText(ev: RecordedCall): string {
   const d = ev.decision;
+  const decided = d ? `${safe(d.effect)} by ${safe(d.rule)}` : 'no decision';
   const lines = [
-    `\n[${ev.time}] ${ev.tool}  ${d ? `${d.effect} by ${d.rule}` : 'no decision'}  ${ev.durationMs}ms  (call ${ev.callId})`,
+    `\n[${safe(ev.time)}] ${safe(ev.tool)}  ${decided}  ${ev.durationMs}ms  (call ${safe(ev.callId)})`,
   ];
-  if (d?.reason) lines.push(`  reason   ${d.reason}`);
-  lines.push(`  request  ${JSON.stringify(ev.request ?? null)}`);
+  if (d?.reason) lines.push(`  reason   ${safe(d.reason)}`);
+  lines.push(`  request  ${safe(JSON.stringify(ev.request ?? null))}`);
   if (ev.approval) {
     const a = ev.approval;
-    lines.push(`  approval ${a.answer} by ${a.approver} (${a.id})`);
+    lines.push(`  approval ${safe(a.answer)} by ${safe(a.approver)} (${safe(a.id)})`);
   }
   const result = ev.result as { isError?: unknown; content?: unknown } | null | undefined;
   lines.push(`  result${result?.isError === true ? ' (error)' : ''}`);
@@ -169,24 +170,46 @@ function callText(ev: RecordedCall): string {
         item?.type === 'text' && typeof item.text === 'string'
           ? item.text
           : `[${String(item?.type)}]`;
-      for (const l of text.split('\n')) lines.push(`    ${l}`);
+      // The result's own lines stay lines, indented under the call; nothing else can break one.
+      for (const l of text.split('\n')) lines.push(`    ${safe(l)}`);
     }
   } else {
-    lines.push(`    ${JSON.stringify(ev.result ?? null)}`);
+    lines.push(`    ${safe(JSON.stringify(ev.result ?? null))}`);
   }
-  return safe(lines.join('\n') + '\n');
+  return lines.join('\n') + '\n';
 }
 
 /**
- * Recorded text comes from targets and tokens (row values, SSH output, a `sub` claim). Raw
- * control characters would reach the reader's terminal: an escape sequence can rewrite the
- * screen, hide a line or set the window title, so they are shown escaped instead.
+ * Recorded values come from agents, targets and tokens (a target name, a row value, SSH
+ * output, a `sub` claim). Shown raw, a newline forges a whole extra line (a fake "alice ...
+ * allow" entry), a terminal escape can rewrite the screen or set the window title, and a bidi
+ * override or an invisible character makes text read differently from what it holds. Every
+ * field is printed with those characters as visible escapes: `\n`, `\r`, `\t`, `\xNN` for
+ * other C0, DEL and C1 controls, `\uXXXX` for bidi and invisible formatting characters.
  */
-function safe(text: string): string {
+const UNSAFE =
   // eslint-disable-next-line no-control-regex
-  return text.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, (c) => {
-    return `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
+  /[\u0000-\u001f\u007f-\u009f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+const SHORT: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+export function safe(text: string): string {
+  return text.replace(UNSAFE, (c) => {
+    const code = c.charCodeAt(0);
+    if (SHORT[c]) return SHORT[c];
+    if (code <= 0x9f) return `\\x${code.toString(16).padStart(2, '0')}`;
+    return `\\u${code.toString(16).padStart(4, '0')}`;
   });
+}
+
+/**
+ * A raw JSON line for a terminal: still valid JSON with the same values, but C1 controls,
+ * DEL and bidi/invisible characters (which JSON.stringify leaves raw) written as `\uXXXX`.
+ * Raw C0 controls cannot occur: JSON escapes them inside strings.
+ */
+const UNSAFE_IN_JSON = /[\u007f-\u009f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+
+export function jsonForTerminal(raw: string): string {
+  return raw.replace(UNSAFE_IN_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 function timeOf(ev: RecordedCall): number {

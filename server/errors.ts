@@ -21,12 +21,23 @@ export type ErrorCode = (typeof ERROR_CODES)[number];
 export class GovernanceError extends Error {
   readonly code: ErrorCode;
   readonly rule: string | undefined;
+  /**
+   * Text the target wrote (a PostgreSQL error message can quote a stored value), when the
+   * public message includes it. It is untrusted: the agent sees it masked, bounded and fenced
+   * as data, never as gateway text (a value could forge a fence-close and instructions).
+   */
+  readonly detail: string | undefined;
 
-  constructor(code: ErrorCode, message: string, options: { cause?: unknown; rule?: string } = {}) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { cause?: unknown; rule?: string; detail?: string } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'GovernanceError';
     this.code = code;
     this.rule = options.rule;
+    this.detail = options.detail;
   }
 
   /** The text the agent sees: the code first, then the public message. */

@@ -5,11 +5,12 @@ import { DEFAULT_LIMITS, type Decision, type Principal } from '../policies/engin
 import type { AuditRecord } from '../recordings/audit.js';
 import { SessionRecorder } from '../recordings/session.js';
 import type { CallDescription, GovernedTool, ToolOutput } from '../tools/types.js';
+import { boundCall, head, wellFormedDeep, type BoundedCall } from './bounds.js';
 import { GovernanceError, toGovernanceError } from './errors.js';
 import type { Identity } from './identity.js';
 import { log } from './log.js';
 import { explainCall, listTargets, META_TOOLS } from './meta-tools.js';
-import { renderRows, renderText } from './render.js';
+import { fence, renderRows, renderText } from './render.js';
 import type { Runtime } from './runtime.js';
 import type { Session } from './session.js';
 
@@ -37,8 +38,11 @@ const LATER_TOOLS = new Set(['ssh_exec', 'kubectl']);
 
 interface Call {
   callId: string;
+  /** The tool name as sent when it is within bounds, else its bounded form (server/bounds.ts). */
   tool: string;
   args: unknown;
+  /** What the evidence keeps of the call before its input parses: bounded, well-formed. */
+  sent: BoundedCall;
   started: number;
   identity?: Identity;
   input?: unknown;
@@ -55,7 +59,16 @@ export async function handleToolCall(
   tool: string,
   args: unknown,
 ): Promise<CallToolResult> {
-  const call: Call = { callId: randomUUID(), tool, args, started: Date.now(), secrets: [] };
+  // Bounded before anything is written: every line this call leaves holds these forms.
+  const sent = boundCall(tool, args);
+  const call: Call = {
+    callId: randomUUID(),
+    tool: sent.tool,
+    args,
+    sent,
+    started: Date.now(),
+    secrets: [],
+  };
   let result: CallToolResult;
   let failure: GovernanceError | undefined;
   try {
@@ -112,6 +125,7 @@ async function governed(rt: Runtime, session: Session, call: Call): Promise<Call
     groups: identity.groups,
     claims: identity.claims,
   };
+  if (call.sent.problem) throw new GovernanceError('INVALID_INPUT', call.sent.problem);
 
   if (call.tool === META_TOOLS.list_targets.name || call.tool === META_TOOLS.explain.name) {
     const meta = META_TOOLS[call.tool];
@@ -250,7 +264,8 @@ function parseInput<S extends z.ZodType>(schema: S, args: unknown): z.output<S> 
       .slice(0, 5)
       .map((i) => `${i.path.length ? i.path.join('.') + ': ' : ''}${i.message}`)
       .join('; ');
-    throw new GovernanceError('INVALID_INPUT', detail);
+    // zod quotes unknown keys: the text stays short whatever the caller sent.
+    throw new GovernanceError('INVALID_INPUT', head(detail, 1000));
   }
   return r.data;
 }
@@ -268,13 +283,30 @@ function builtinDecision(tool: string): Decision {
 
 function errorResult(rt: Runtime, call: Call, err: GovernanceError): CallToolResult {
   let reason = err.message;
-  // A target's own error text can quote row values: it passes through masking like a result.
-  if (err.code === 'TARGET_ERROR' && call.decision)
-    reason = rt.maskerFor(call.decision.mask).maskText(reason).value;
-  const text =
+  let text =
     err.code === 'DENIED'
       ? `DENIED by rule ${err.rule ?? 'default-deny'}: ${reason}`
       : `${err.code}: ${reason}`;
+  if (err.code === 'TARGET_ERROR') {
+    // A target's own error text can quote row values: it passes through masking like a result,
+    // and reaches the text only inside a fence (`invalid input syntax for type integer: "…"`
+    // quotes a stored value, which can hold a forged fence-close and instructions).
+    const mask = (s: string) =>
+      call.decision ? rt.maskerFor(call.decision.mask).maskText(s).value : s;
+    reason = mask(err.message);
+    const untrusted = targetText(err);
+    if (untrusted !== undefined) {
+      const own = err.message.replace(untrusted, ' ').replace(/\s+/g, ' ').trim();
+      const body = boundErrorText(mask(untrusted));
+      text = [
+        `TARGET_ERROR: ${mask(own)}`,
+        fence(call.description?.target ?? 'the target', body.text, fenceNonce()),
+        ...(body.cut ? [body.cut] : []),
+      ].join('\n');
+    } else {
+      text = `TARGET_ERROR: ${reason}`;
+    }
+  }
   return scrubSecrets(call.secrets, {
     isError: true,
     content: [{ type: 'text', text }],
@@ -285,6 +317,28 @@ function errorResult(rt: Runtime, call: Call, err: GovernanceError): CallToolRes
       callId: call.callId,
     },
   });
+}
+
+/**
+ * The part of a TARGET_ERROR message the target wrote: `detail` when the executor names it;
+ * otherwise the driver error's own message when the public message quotes it. A message that
+ * quotes neither is the gateway's own text (`cannot connect to app-db`).
+ */
+function targetText(err: GovernanceError): string | undefined {
+  if (err.detail) return err.detail;
+  const cause = (err.cause as { message?: unknown } | undefined)?.message;
+  if (typeof cause === 'string' && cause !== '' && err.message.includes(cause)) return cause;
+  return undefined;
+}
+
+/** Target error text shown to the agent: at most this many UTF-16 units, then a note. */
+const ERROR_TEXT_MAX = 2048;
+function boundErrorText(s: string): { text: string; cut?: string } {
+  if (s.length <= ERROR_TEXT_MAX) return { text: s };
+  return {
+    text: head(s, ERROR_TEXT_MAX),
+    cut: `(the target's error text was cut at ${ERROR_TEXT_MAX} of ${s.length} characters)`,
+  };
 }
 
 /**
@@ -335,7 +389,7 @@ function auditRecord(
     : {
         effect: 'deny',
         rule: failure?.code === 'UNAUTHENTICATED' ? 'identity' : 'input',
-        reason: failure?.message ?? 'refused',
+        reason: head(failure?.message ?? 'refused', 2048),
       };
   const rec: AuditRecord = {
     kind,
@@ -344,10 +398,10 @@ function auditRecord(
     sub: call.identity?.sub ?? '(unauthenticated)',
     groups: call.identity ? [...call.identity.groups] : [],
     tool: call.tool,
-    target: call.description?.target ?? rawTarget(call.args),
+    target: call.description?.target ?? call.sent.target,
     operation: d?.operation ?? null,
-    // A call refused before its input parsed is still recorded with what was sent.
-    input: call.description?.auditInput ?? call.input ?? boundedRaw(call.args),
+    // A call refused before its input parsed is still recorded with what was sent (bounded).
+    input: call.description?.auditInput ?? call.input ?? call.sent.args,
     decision,
     outcome: null,
     masked: null,
@@ -367,21 +421,8 @@ function auditRecord(
     };
     rec.masked = call.masked ?? {};
   }
-  return rec;
-}
-
-function rawTarget(args: unknown): string | null {
-  const t = (args as { target?: unknown } | null)?.target;
-  return typeof t === 'string' ? t.slice(0, 256) : null;
-}
-
-/** The arguments as sent, for the audit line of a call whose input did not parse; bounded. */
-const RAW_INPUT_MAX = 16 * 1024;
-function boundedRaw(args: unknown): unknown {
-  if (args === undefined) return null;
-  const json = JSON.stringify(args) ?? 'null';
-  if (json.length <= RAW_INPUT_MAX) return args;
-  return { truncated: true, bytes: Buffer.byteLength(json), preview: json.slice(0, RAW_INPUT_MAX) };
+  // Canonical JSON (RFC 8785) refuses lone surrogates; a token claim or an input can hold one.
+  return wellFormedDeep(rec);
 }
 
 /**
@@ -412,7 +453,7 @@ async function record(
     await session.recorder?.record({
       callId: call.callId,
       tool: call.tool,
-      request: call.args,
+      request: call.sent.args,
       decision: call.decision
         ? { effect: call.decision.effect, rule: call.decision.rule, reason: call.decision.reason }
         : null,
