@@ -53,6 +53,17 @@ const ALGORITHMS = [
   'HS512',
 ] as const;
 
+/**
+ * `identity.groupsSeparator`: how a string groups claim is split (absent: never split, the
+ * string is one group). A letter or digit would cut group names apart, so it must have a
+ * character that is neither. The verifier checks the same schema.
+ */
+export const GroupsSeparator = z
+  .string({ error: 'expected a string such as "," or " "' })
+  .min(1, 'must not be empty')
+  .max(8, 'at most 8 characters')
+  .refine((s) => !/^[\p{L}\p{N}]+$/u.test(s), 'must not be made of letters or digits only');
+
 const Identity = z
   .strictObject({
     issuer: z.string().min(1).optional(),
@@ -71,6 +82,7 @@ const Identity = z
       .default(['RS256', 'ES256', 'EdDSA']),
     hmacSecret: SecretRef.optional(),
     groupsClaim: z.string().min(1).default('groups'),
+    groupsSeparator: GroupsSeparator.optional(),
     clockToleranceSec: z.number().int().min(0).max(300).default(30),
     devIssuer: z
       .strictObject({
@@ -120,6 +132,18 @@ const PostgresTarget = z.strictObject({
   sslCa: z.strictObject({ file: z.string().min(1) }).optional(),
   poolSize: z.number().int().min(1).max(100).default(4),
   connectTimeout: Duration.default(5_000),
+  // Objects defined in the database that a statement may reach and still be a read:
+  // `schema.name` (a function, operator, type or relation) or `extension:NAME`.
+  trusted: z
+    .array(
+      z
+        .string()
+        .regex(
+          /^(extension:[^\s]+|[^\s.]+\.[^\s]+)$/,
+          'trusted entries are schema.name or extension:NAME',
+        ),
+    )
+    .default([]),
 });
 
 const SshTarget = z.strictObject({

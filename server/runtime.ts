@@ -6,6 +6,7 @@ import {
   resolveSecret,
   resolvePath,
   type GatehouseConfig,
+  type PostgresTargetConfig,
   type TargetConfig,
 } from './config.js';
 import { GovernanceError } from './errors.js';
@@ -53,12 +54,17 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
       ? { hmacSecret: await resolveSecret(id.hmacSecret, config.dir, 'identity.hmacSecret') }
       : {}),
     groupsClaim: id.groupsClaim,
+    ...(id.groupsSeparator !== undefined ? { groupsSeparator: id.groupsSeparator } : {}),
     clockToleranceSec: id.clockToleranceSec,
     ...(id.devIssuer ? { devIssuer: id.devIssuer } : {}),
   });
   const audit = await AuditLog.open(config.audit.file);
   const pools = new PostgresPools();
-  const tools = createTools(pools);
+  const tools = createTools(pools, async (name) => {
+    const target = Object.hasOwn(config.targets, name) ? config.targets[name] : undefined;
+    if (target?.kind !== 'postgres') return undefined;
+    return { target: await resolvePostgres(config, target), trusted: target.trusted };
+  });
 
   const pseudonymKey = await loadOrCreateKey(
     path.join(path.dirname(config.state.file), 'pseudonym.key'),
@@ -74,25 +80,8 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
     async resolveTarget(target) {
       switch (target.kind) {
         case 'postgres': {
-          const password = target.password
-            ? await resolveSecret(target.password, config.dir, `target ${target.name}`)
-            : undefined;
-          const sslCa = target.sslCa
-            ? await readFile(resolvePath(config.dir, target.sslCa.file), 'utf8')
-            : undefined;
-          const resolved: ResolvedPostgresTarget = {
-            name: target.name,
-            host: target.host,
-            port: target.port,
-            database: target.database,
-            user: target.user,
-            password,
-            ssl: target.ssl,
-            sslCa,
-            poolSize: target.poolSize,
-            connectTimeoutMs: target.connectTimeout,
-          };
-          return { resolved, secrets: password ? [password] : [] };
+          const resolved = await resolvePostgres(config, target);
+          return { resolved, secrets: resolved.password ? [resolved.password] : [] };
         }
         default:
           throw new GovernanceError(
@@ -125,6 +114,31 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
       await pools.closeAll();
       await audit.close();
     },
+  };
+}
+
+/** A postgres target with its credentials resolved, for one call (or one catalog check). */
+async function resolvePostgres(
+  config: GatehouseConfig,
+  target: PostgresTargetConfig,
+): Promise<ResolvedPostgresTarget> {
+  const password = target.password
+    ? await resolveSecret(target.password, config.dir, `target ${target.name}`)
+    : undefined;
+  const sslCa = target.sslCa
+    ? await readFile(resolvePath(config.dir, target.sslCa.file), 'utf8')
+    : undefined;
+  return {
+    name: target.name,
+    host: target.host,
+    port: target.port,
+    database: target.database,
+    user: target.user,
+    password,
+    ssl: target.ssl,
+    sslCa,
+    poolSize: target.poolSize,
+    connectTimeoutMs: target.connectTimeout,
   };
 }
 

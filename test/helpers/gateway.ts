@@ -39,6 +39,8 @@ export async function writeGatewayConfig(
     clockToleranceSec?: number;
     /** Merged into `identity:` (e.g. an external issuer beside the dev issuer). */
     identity?: Record<string, unknown>;
+    /** Merged into each named target (e.g. `{ 'app-db': { trusted: [...] } }`). */
+    targets?: Record<string, Record<string, unknown>>;
   },
 ): Promise<string> {
   // Secrets reach the gateway the way they would in production: by reference.
@@ -68,8 +70,14 @@ export async function writeGatewayConfig(
         ...opts.identity,
       },
       targets: {
-        'app-db': target(opts.pg.reader.user, 'GH_TEST_READER_PASSWORD'),
-        'app-db-rw': target(opts.pg.writer.user, 'GH_TEST_WRITER_PASSWORD'),
+        'app-db': {
+          ...target(opts.pg.reader.user, 'GH_TEST_READER_PASSWORD'),
+          ...opts.targets?.['app-db'],
+        },
+        'app-db-rw': {
+          ...target(opts.pg.writer.user, 'GH_TEST_WRITER_PASSWORD'),
+          ...opts.targets?.['app-db-rw'],
+        },
         'app-db-badpw': target(opts.pg.reader.user, 'GH_TEST_BAD_PASSWORD'),
       },
       policies: ['./policy.yaml'],
@@ -91,6 +99,7 @@ export async function startGateway(opts: {
   policy: string | Record<string, unknown>;
   clockToleranceSec?: number;
   identity?: Record<string, unknown>;
+  targets?: Record<string, Record<string, unknown>>;
 }): Promise<TestGateway> {
   const dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-gw-'));
   const configFile = await writeGatewayConfig(dir, opts);

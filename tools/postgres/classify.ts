@@ -1,4 +1,4 @@
-import { loadModule, parseSync } from 'libpg-query';
+import { loadModule, parseSync, scanSync } from 'libpg-query';
 import { copyToStdoutAsQuery } from './copy.js';
 import { GovernanceError } from '../../server/errors.js';
 import {
@@ -38,6 +38,31 @@ export interface StatementClass {
   tags: string[];
   /** One line: why this operation, e.g. "statement is ddl (DropStmt)". */
   reason: string;
+  /** The names it reaches, for a check against the target's catalog (catalog.ts). */
+  refs: StatementRefs;
+  /**
+   * The finding without its unproven calls (functions on no list, which the catalog may show
+   * to be trusted objects of the target): where catalog.ts starts from.
+   */
+  base: { operation: SqlOperation; reason: string };
+}
+
+/**
+ * Every name in a statement that PostgreSQL resolves against the catalog, and that can run
+ * code the parse tree does not show: a user function shadowing a built-in, `x.f` calling
+ * f(x), an operator or a cast bound to a user function, a view, a row-security policy.
+ * Names are as written (the parser lower-cases unquoted ones); schema '' when unqualified.
+ */
+export interface StatementRefs {
+  functions: Array<readonly [schema: string, name: string]>;
+  /** Names in attribute position (`x.name`, `(expr).name`): columns, or calls of name(x). */
+  attributes: string[];
+  /** Operator names, written or implied (`IN`, `CASE x WHEN`, `JOIN USING` compare with =). */
+  operators: Array<readonly [schema: string, name: string]>;
+  types: Array<readonly [schema: string, name: string]>;
+  relations: Array<readonly [schema: string, name: string]>;
+  /** Calls `unknown` only for being on no list: `read` if the target trusts the function. */
+  unproven: Array<readonly [schema: string, name: string, reason: string]>;
 }
 
 export interface SqlClassification {
@@ -245,12 +270,51 @@ function str(v: unknown): string {
 class Finding {
   operation: SqlOperation = 'read';
   reason = '';
+  readonly base = { operation: 'read' as SqlOperation, reason: '' };
   readonly tags = new Set<string>();
+  private readonly seen = new Set<string>();
+  readonly refs: StatementRefs = {
+    functions: [],
+    attributes: [],
+    operators: [],
+    types: [],
+    relations: [],
+    unproven: [],
+  };
 
-  raise(op: SqlOperation, reason: string): void {
+  /** A call that is `unknown` only for being on no list (see StatementRefs.unproven). */
+  unprovenCall(parts: string[], reason: string): void {
+    const name = parts[parts.length - 1] ?? '';
+    const schema = parts.length >= 2 ? (parts[parts.length - 2] ?? '') : '';
+    this.refs.unproven.push([schema, name, reason] as const);
+    this.raise('unknown', reason, true);
+  }
+
+  /** Record a catalog name once (catalog.ts checks them against the target's catalog). */
+  ref(kind: 'functions' | 'operators' | 'types' | 'relations', parts: string[]): void {
+    const name = parts[parts.length - 1] ?? '';
+    if (name === '') return;
+    const schema = parts.length >= 2 ? (parts[parts.length - 2] ?? '') : '';
+    const key = `${kind}\0${schema}\0${name}`;
+    if (this.seen.has(key)) return;
+    this.seen.add(key);
+    this.refs[kind].push([schema, name] as const);
+  }
+
+  attribute(name: string): void {
+    if (this.seen.has(`a\0${name}`)) return;
+    this.seen.add(`a\0${name}`);
+    this.refs.attributes.push(name);
+  }
+
+  raise(op: SqlOperation, reason: string, unproven = false): void {
     if (this.reason === '' || RANK[op] > RANK[this.operation]) {
       this.operation = op;
       this.reason = reason;
+    }
+    if (!unproven && (this.base.reason === '' || RANK[op] > RANK[this.base.operation])) {
+      this.base.operation = op;
+      this.base.reason = reason;
     }
   }
 }
@@ -367,8 +431,15 @@ function listedFunction(
   return undefined;
 }
 
-/** A function call's operation; `read` only for allowlisted pg_catalog built-ins. */
-export function classifyFunction(parts: string[]): { operation: SqlOperation; reason: string } {
+/**
+ * A function call's operation; `read` only for allowlisted pg_catalog built-ins. `unproven`
+ * marks an `unknown` that is only for being on no list (the target may trust it).
+ */
+export function classifyFunction(parts: string[]): {
+  operation: SqlOperation;
+  reason: string;
+  unproven?: true;
+} {
   const name = parts[parts.length - 1] ?? '';
   const shown = `${parts.join('.')}()`;
   const listed = listedFunction(name, shown);
@@ -378,6 +449,7 @@ export function classifyFunction(parts: string[]): { operation: SqlOperation; re
   if (schemaOk && READ_FUNCTIONS.has(name)) return { operation: 'read', reason: '' };
   return {
     operation: 'unknown',
+    unproven: true,
     reason: schemaOk
       ? `calls ${shown}, which is not a known read-only built-in`
       : `calls ${shown}, a function outside pg_catalog`,
@@ -407,7 +479,13 @@ function classifyStatement(stmt: Obj): StatementClass {
       finding.raise('write', `${via}FOR UPDATE/SHARE locks rows`);
     // A statement's own relation is a bare RangeVar (no wrapper key): `COPY pg_hba_file_rules
     // TO STDOUT` names a file view there.
-    if (typeof value.relname === 'string') fileView(value, finding, via);
+    if (typeof value.relname === 'string') {
+      fileView(value, finding, via);
+      finding.ref('relations', [str(value.schemaname), str(value.relname)]);
+    }
+    // Type names sit unwrapped under `typeName` (casts, column definition lists): a cast to a
+    // domain runs its CHECK, a cast from or to a user type may run a user function.
+    if (isObj(value.typeName)) finding.ref('types', funcName(value.typeName.names));
 
     for (const [key, child] of Object.entries(value)) {
       // Node wrappers are the only PascalCase keys ({ FuncCall: {...} }); fields are camel/snake.
@@ -421,11 +499,14 @@ function classifyStatement(stmt: Obj): StatementClass {
     top = false;
   }
   if (finding.reason === '') finding.raise('read', `statement is read (${kind})`);
+  if (finding.base.reason === '') finding.base.reason = `statement is read (${kind})`;
   return {
     kind,
     operation: finding.operation,
     tags: [...finding.tags].sort(),
     reason: finding.reason,
+    refs: finding.refs,
+    base: { ...finding.base },
   };
 }
 
@@ -440,10 +521,12 @@ function visitNode(
   const { executes, via } = ctx;
 
   if (type === 'FuncCall') {
+    finding.ref('functions', funcName(node.funcname));
     const f = classifyFunction(funcName(node.funcname));
     // Functions count even under plain EXPLAIN: the planner folds immutable and estimates
     // stable calls, so `EXPLAIN SELECT f()` can run f.
-    if (f.operation !== 'read') finding.raise(f.operation, via + f.reason);
+    if (f.unproven) finding.unprovenCall(funcName(node.funcname), via + f.reason);
+    else if (f.operation !== 'read') finding.raise(f.operation, via + f.reason);
     // A read that only holds its connection; tagged so a policy can refuse it where the
     // server cannot bound it (the demo's embedded database ignores statement_timeout).
     if (SLEEP_FUNCTIONS.has(funcName(node.funcname).at(-1)?.toLowerCase() ?? '')) {
@@ -464,6 +547,7 @@ function visitNode(
       .map((p) => (isObj(p) && isObj(p.String) ? str(p.String.sval) : ''))
       .filter((n) => n !== '');
     for (const name of names) {
+      finding.attribute(name);
       const f = attributeCall(name);
       if (f) finding.raise(f.operation, `${via}${f.reason}`);
     }
@@ -473,6 +557,15 @@ function visitNode(
 
   // Views over the server's own files: the same data the admin-listed file functions give.
   if (type === 'RangeVar') fileView(node, finding, via);
+  if (type === 'TypeName') finding.ref('types', funcName(node.names));
+  // Comparisons with no operator in the tree still resolve `=` by name for their operand
+  // types: `CASE x WHEN`, `JOIN ... USING` / `NATURAL JOIN`.
+  if (
+    (type === 'CaseExpr' && node.arg !== undefined) ||
+    (type === 'JoinExpr' && (node.isNatural === true || node.usingClause !== undefined))
+  ) {
+    finding.ref('operators', ['=']);
+  }
 
   // An operator named with a schema (`OPERATOR(public.===)`) outside pg_catalog is a user
   // function under another name.
@@ -486,6 +579,7 @@ function visitNode(
           : undefined;
   if (opName !== undefined) {
     const parts = funcName(opName);
+    finding.ref('operators', parts);
     // `schema.op` or `catalog.schema.op`: anything but pg_catalog is a user function.
     if (parts.length >= 2 && parts[parts.length - 2] !== 'pg_catalog') {
       finding.raise('unknown', `${via}uses operator ${parts.join('.')}, outside pg_catalog`);
@@ -619,12 +713,42 @@ function invalid(position: number, message: string, cause?: unknown): Governance
  * N counted in characters from 1, as PostgreSQL reports positions.
  */
 export async function classifySql(sql: string): Promise<SqlClassification> {
+  await ensureParser();
+  return classifyParsed(sql);
+}
+
+/** A lone UTF-16 surrogate: half of a pair, which no encoding can carry as text. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/**
+ * Refuses a string that the parser and the server would read differently: a lone surrogate
+ * (the WASM parser's UTF-8 length count and its encoder disagree on it, so the parser saw a
+ * shorter string than `pg` sent, with U+FFFD in place of each surrogate: `SELECT 1 /* \ud800
+ * *\/; DELETE ...` classified as the SELECT alone) or a NUL (the parser reads a C string).
+ * Exported for the tool's other text fields (params).
+ */
+export function assertWellFormed(text: string, what: string): void {
+  const nul = text.indexOf('\0');
+  if (nul >= 0) {
+    throw new GovernanceError('INVALID_INPUT', `${what}: NUL character at position ${nul + 1}`);
+  }
+  const lone = LONE_SURROGATE.exec(text);
+  if (lone) {
+    throw new GovernanceError(
+      'INVALID_INPUT',
+      `${what}: ill-formed Unicode (a lone UTF-16 surrogate) at position ${lone.index + 1}`,
+    );
+  }
+}
+
+/** The same as classifySql, once the parser is loaded (catalog.ts classifies view bodies). */
+export function classifyParsed(sql: string): SqlClassification {
   // The WASM parser reads a C string: everything after a NUL would be invisible to it.
   const nul = sql.indexOf('\0');
   if (nul >= 0) throw invalid(nul + 1, 'NUL character in the statement');
+  assertWellFormed(sql, 'sql');
   if (sql.trim() === '') throw invalid(1, 'no statement (empty or only comments)');
 
-  await ensureParser();
   let parsed: { stmts?: Array<{ stmt?: unknown; stmt_location?: number; stmt_len?: number }> };
   try {
     parsed = parseSync(sql);
@@ -637,6 +761,7 @@ export async function classifySql(sql: string): Promise<SqlClassification> {
     // No parser position (e.g. a tree too deep to return): refuse rather than guess.
     throw invalid(1, 'statement could not be parsed', err);
   }
+  assertParsedWhole(sql);
 
   const statements = (parsed.stmts ?? []).map((s) => {
     if (!isObj(s.stmt)) throw invalid(1, 'statement could not be parsed');
@@ -654,6 +779,29 @@ export async function classifySql(sql: string): Promise<SqlClassification> {
     reason: strictest.reason,
     ...copyForm(sql, parsed.stmts ?? []),
   };
+}
+
+/**
+ * The parse covered every byte the server will read. The text has parsed, so it ends outside
+ * any comment, string or dollar quote; the same lexer run over the text plus a newline and a
+ * marker must then see the marker exactly one byte past the UTF-8 length of the text. A copy
+ * into the parser that lost or gained bytes anywhere (the lone-surrogate differential, or one
+ * nobody has found yet) moves or hides it, and the statement is refused.
+ */
+function assertParsedWhole(sql: string): void {
+  const expected = Buffer.byteLength(sql, 'utf8') + 1;
+  let last: { start: number; text: string } | undefined;
+  try {
+    last = scanSync(`${sql}\n;`).tokens.at(-1);
+  } catch (err) {
+    throw invalid(1, 'statement could not be parsed', err);
+  }
+  if (last?.text !== ';' || last.start !== expected) {
+    throw new GovernanceError(
+      'INVALID_INPUT',
+      'the SQL parser did not read the whole statement; refusing to run what was not classified',
+    );
+  }
 }
 
 /** COPY through STDIN/STDOUT needs the copy sub-protocol; see copy.ts. */

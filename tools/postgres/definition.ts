@@ -2,7 +2,9 @@ import { GovernanceError } from '../../server/errors.js';
 import { z } from 'zod';
 import type { GovernedTool } from '../types.js';
 import { deepFreeze } from '../../server/config.js';
-import { classifySql, type SqlClassification } from './classify.js';
+import { assertWellFormed, classifySql, type SqlClassification } from './classify.js';
+import { refineClassification, type CatalogSource, type TargetCatalog } from './catalog.js';
+import { log } from '../../server/log.js';
 import type { PostgresExecutor } from './executor.js';
 import type { ResolvedPostgresTarget } from './pool.js';
 
@@ -36,8 +38,14 @@ export const PostgresQueryOutput = z.object({
 
 export const POSTGRES_OPERATIONS = ['read', 'write', 'ddl', 'admin', 'unknown'] as const;
 
+/**
+ * `catalogs` lets describe() check what a statement reaches against the target's catalog
+ * (catalog.ts); without it (the offline `policy explain` and `policy test`) the parse tree
+ * alone decides, which can only be more lenient about objects defined in the database.
+ */
 export function postgresQueryTool(
   executor: PostgresExecutor,
+  catalogs?: CatalogSource,
 ): GovernedTool<PostgresQueryInput, ResolvedPostgresTarget> {
   return {
     name: 'postgres_query',
@@ -57,7 +65,12 @@ export function postgresQueryTool(
     targetKind: 'postgres',
     operations: POSTGRES_OPERATIONS,
     async describe(input) {
-      const c = await classifyCached(input.sql);
+      // Parameters go to the server as UTF-8: text that cannot be encoded as it is written
+      // is refused, never replaced (the classifier refuses such SQL the same way).
+      input.params?.forEach((p, i) => {
+        if (typeof p === 'string') assertWellFormed(p, `params[${i}]`);
+      });
+      const c = await withCatalog(await classifyCached(input.sql), input.target, catalogs);
       return {
         target: input.target,
         // One part per statement: a call with several statements gets the strictest one's decision.
@@ -123,4 +136,44 @@ async function classifyCached(sql: string): Promise<Readonly<SqlClassification>>
 const ORDER = ['read', 'write', 'ddl', 'unknown', 'admin'];
 function mostStrict(ops: string[]): string {
   return ops.reduce((a, b) => (ORDER.indexOf(b) > ORDER.indexOf(a) ? b : a), 'read');
+}
+
+/**
+ * The classification checked against the target's catalog, when anything in it could still
+ * be `read`, `write` or `ddl` (a statement already `unknown` or `admin` cannot get stricter
+ * where it matters). A catalog that cannot be read proves nothing: those statements become
+ * `unknown`, so a policy that allows only reads refuses them.
+ */
+async function withCatalog(
+  c: Readonly<SqlClassification>,
+  target: string,
+  catalogs: CatalogSource | undefined,
+): Promise<Readonly<SqlClassification>> {
+  // The base finding leaves out unproven calls, which the target's trust list may allow.
+  const settled = (s: (typeof c.statements)[number]) =>
+    s.base.operation === 'unknown' || s.base.operation === 'admin';
+  if (!catalogs || c.statements.every(settled)) return c;
+  let catalog: TargetCatalog | undefined;
+  try {
+    catalog = await catalogs.get(target);
+  } catch (err) {
+    log.warn({ target, err: (err as Error).message }, 'cannot read the target catalog');
+    return unproven(c, `could not check what it reaches in the catalog of ${target}`);
+  }
+  return catalog ? refineClassification(c, catalog) : c;
+}
+
+function unproven(c: Readonly<SqlClassification>, why: string): SqlClassification {
+  const statements = c.statements.map((s) =>
+    s.operation === 'admin' || s.operation === 'unknown'
+      ? s
+      : { ...s, operation: 'unknown' as const, reason: why },
+  );
+  const admin = statements.find((s) => s.operation === 'admin');
+  return {
+    ...c,
+    statements,
+    operation: admin ? 'admin' : 'unknown',
+    reason: admin ? admin.reason : why,
+  };
 }
