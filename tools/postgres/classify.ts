@@ -1,4 +1,4 @@
-import { loadModule, parseSync, scanSync } from 'libpg-query';
+import { loadModule, parseSync } from 'libpg-query';
 import { copyToStdoutAsQuery } from './copy.js';
 import { GovernanceError } from '../../server/errors.js';
 import {
@@ -749,21 +749,8 @@ export function classifyParsed(sql: string): SqlClassification {
   assertWellFormed(sql, 'sql');
   if (sql.trim() === '') throw invalid(1, 'no statement (empty or only comments)');
 
-  let parsed: { stmts?: Array<{ stmt?: unknown; stmt_location?: number; stmt_len?: number }> };
-  try {
-    parsed = parseSync(sql);
-  } catch (err) {
-    const details = (err as { sqlDetails?: { message?: string; cursorPosition?: number } })
-      .sqlDetails;
-    if (details && typeof details.cursorPosition === 'number') {
-      throw invalid(details.cursorPosition + 1, details.message ?? 'syntax error', err);
-    }
-    // No parser position (e.g. a tree too deep to return): refuse rather than guess.
-    throw invalid(1, 'statement could not be parsed', err);
-  }
-  assertParsedWhole(sql);
-
-  const statements = (parsed.stmts ?? []).map((s) => {
+  const stmts = parseWhole(sql);
+  const statements = stmts.map((s) => {
     if (!isObj(s.stmt)) throw invalid(1, 'statement could not be parsed');
     return classifyStatement(s.stmt);
   });
@@ -777,31 +764,62 @@ export function classifyParsed(sql: string): SqlClassification {
     tags,
     statements,
     reason: strictest.reason,
-    ...copyForm(sql, parsed.stmts ?? []),
+    ...copyForm(sql, stmts),
   };
 }
 
+type ParsedStmt = { stmt?: unknown; stmt_location?: number; stmt_len?: number };
+
+/** Parsed after the text, so that it shows where the parser's copy of the text ended. */
+const MARKER = '\n;SELECT 1';
+
 /**
- * The parse covered every byte the server will read. The text has parsed, so it ends outside
- * any comment, string or dollar quote; the same lexer run over the text plus a newline and a
- * marker must then see the marker exactly one byte past the UTF-8 length of the text. A copy
- * into the parser that lost or gained bytes anywhere (the lone-surrogate differential, or one
- * nobody has found yet) moves or hides it, and the statement is refused.
+ * Parse, and prove the parse covered every byte the server will read: the text is parsed
+ * with a marker statement after it, which must come back as the last statement, starting
+ * exactly where the UTF-8 text plus its newline and semicolon end. A copy into the parser
+ * that lost or gained bytes anywhere (the lone-surrogate differential, or one nobody has
+ * found yet) moves or hides the marker, and the statement is refused. The marker costs no
+ * second parse; the text is parsed alone only to report a syntax error at its position.
  */
-function assertParsedWhole(sql: string): void {
-  const expected = Buffer.byteLength(sql, 'utf8') + 1;
-  let last: { start: number; text: string } | undefined;
+function parseWhole(sql: string): ParsedStmt[] {
+  let stmts: ParsedStmt[];
   try {
-    last = scanSync(`${sql}\n;`).tokens.at(-1);
+    stmts = (parseSync(sql + MARKER) as { stmts?: ParsedStmt[] }).stmts ?? [];
   } catch (err) {
+    try {
+      parseSync(sql);
+    } catch (own) {
+      const details = (own as { sqlDetails?: { message?: string; cursorPosition?: number } })
+        .sqlDetails;
+      if (details && typeof details.cursorPosition === 'number') {
+        throw invalid(details.cursorPosition + 1, details.message ?? 'syntax error', own);
+      }
+      // No parser position (e.g. a tree too deep to return): refuse rather than guess.
+      throw invalid(1, 'statement could not be parsed', own);
+    }
     throw invalid(1, 'statement could not be parsed', err);
   }
-  if (last?.text !== ';' || last.start !== expected) {
+  const bytes = Buffer.byteLength(sql, 'utf8');
+  const marker = stmts.pop();
+  if (
+    marker?.stmt_location !== bytes + MARKER.length - 'SELECT 1'.length ||
+    !isMarker(marker.stmt)
+  ) {
     throw new GovernanceError(
       'INVALID_INPUT',
       'the SQL parser did not read the whole statement; refusing to run what was not classified',
     );
   }
+  // The last statement's length ran up to the marker's semicolon: end it with the text.
+  const last = stmts.at(-1);
+  if (last) last.stmt_len = bytes - (last.stmt_location ?? 0);
+  return stmts;
+}
+
+let markerTree: unknown;
+function isMarker(stmt: unknown): boolean {
+  markerTree ??= parseSync('SELECT 1').stmts?.[0]?.stmt;
+  return sameTree(stmt, markerTree);
 }
 
 /** COPY through STDIN/STDOUT needs the copy sub-protocol; see copy.ts. */
