@@ -19,6 +19,7 @@ import { ConfigError, GovernanceError } from './errors.js';
 import { explainCall } from './meta-tools.js';
 import { loadGateway } from './runtime.js';
 import { serveStdio } from './serve.js';
+import { targetsCheck } from './targets-command.js';
 import { parseDuration } from './units.js';
 
 /**
@@ -35,6 +36,7 @@ const USAGE = `usage: gatehouse <command> [options]
   policy check [--config F]
   policy test [--config F] [FILE...]
   policy explain [--config F] --sub S [--group G]... --tool T --input JSON
+  targets check [--config F] [--strict] [NAME...]   connect to targets, warn about powerful roles
   audit verify [--config F] [--file F]
   audit tail [--config F] [--file F] [-f] [--sub S] [--tool T] [--decision D] [--json]
   recordings list|show ID|replay ID [--config F] [--dir D] [--speed N]
@@ -136,6 +138,16 @@ async function main(argv: string[]): Promise<number> {
       return policyCommand(rest);
     case 'audit':
       return auditCommand(rest);
+    case 'targets': {
+      const [sub, ...args] = rest;
+      if (sub !== 'check') throw new UsageError('targets check [--config F] [--strict] [NAME...]');
+      const { values, positionals } = parse(
+        args,
+        { ...configOpt, strict: { type: 'boolean', default: false } },
+        true,
+      );
+      return targetsCheck(values.config, positionals, { strict: values.strict, out: io.out });
+    }
     case 'recordings':
       return recordingsCommand(rest);
     case 'approvals':

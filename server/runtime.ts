@@ -118,7 +118,7 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
 }
 
 /** A postgres target with its credentials resolved, for one call (or one catalog check). */
-async function resolvePostgres(
+export async function resolvePostgres(
   config: GatehouseConfig,
   target: PostgresTargetConfig,
 ): Promise<ResolvedPostgresTarget> {
