@@ -1,5 +1,6 @@
 import { compileGlobs } from './glob.js';
 import type { Approval, Limits, Match, Rule } from './schema.js';
+import { skeleton } from './skeleton.js';
 
 /**
  * The decision engine (CONTRACT section 5). Pure: facts in, decision out, no I/O.
@@ -7,6 +8,13 @@ import type { Approval, Limits, Match, Rule } from './schema.js';
  * Default deny. For each part of a call (a statement, a piped command) the matching rules are
  * combined deny > approve > allow; the call gets its strictest part's decision, so an allowed
  * `ls` cannot carry a denied `rm` through a pipe.
+ *
+ * Who is calling (subject, groups, claims) is matched in two ways. Allow rules match exactly:
+ * a look-alike must not gain an allow meant for someone else. Deny and approve rules match
+ * exactly OR on look-alike skeletons (policies/skeleton.ts), so `Mallory`, `mallоry` with a
+ * Cyrillic о or `mal\u200Blory` cannot dodge a deny on `mallory`. An approve rule that
+ * matches only through a skeleton can turn an allow into an approval, never a default deny
+ * into one: a human approver shown a look-alike name is the very person it is made to fool.
  */
 
 export type Effect = 'allow' | 'deny' | 'approve';
@@ -62,14 +70,22 @@ export interface Decision {
 
 const STRICTNESS: Record<Effect, number> = { allow: 0, approve: 1, deny: 2 };
 
+/** The caller's names as look-alike skeletons, worked out once per decision. */
+interface Folded {
+  sub: string;
+  groups: ReadonlySet<string>;
+}
+
+type MatchTest = (facts: CallFacts, part: CallPart, folded?: Folded) => boolean;
+
 export class PolicyEngine {
-  private readonly compiled: Array<{
-    rule: Rule;
-    test: (facts: CallFacts, part: CallPart) => boolean;
-  }>;
+  private readonly compiled: Array<{ rule: Rule; test: MatchTest }>;
 
   constructor(readonly rules: readonly Rule[]) {
-    this.compiled = rules.map((rule) => ({ rule, test: compileMatch(rule.match) }));
+    this.compiled = rules.map((rule) => ({
+      rule,
+      test: compileMatch(rule.match, rule.effect !== 'allow'),
+    }));
   }
 
   decide(facts: CallFacts): Decision {
@@ -88,12 +104,31 @@ export class PolicyEngine {
       | { effect: Effect; rule: string; reason: string; approval?: Approval & { rule: string } }
       | undefined;
     const contributing: Rule[] = [];
+    const folded: Folded = {
+      sub: skeleton(facts.principal.sub),
+      // A group name with spaces or commas in it (an IdP's string claim, unsplit without
+      // identity.groupsSeparator) is also each of its pieces, for deny and approve only.
+      groups: new Set(
+        facts.principal.groups
+          .flatMap((g) => [g, ...g.split(/[\s,;]+/)])
+          .map(skeleton)
+          .filter((g) => g !== ''),
+      ),
+    };
     for (const part of facts.parts) {
-      const matching = this.compiled.filter((c) => c.test(facts, part)).map((c) => c.rule);
+      const exact = this.compiled.filter((c) => c.test(facts, part)).map((c) => c.rule);
+      const loose = this.compiled
+        .filter((c) => c.rule.effect !== 'allow' && c.test(facts, part, folded))
+        .map((c) => c.rule);
+      const allow = exact.find((r) => r.effect === 'allow');
       const pick =
-        matching.find((r) => r.effect === 'deny') ??
-        matching.find((r) => r.effect === 'approve') ??
-        matching.find((r) => r.effect === 'allow');
+        loose.find((r) => r.effect === 'deny') ??
+        exact.find((r) => r.effect === 'approve') ??
+        (allow && loose.find((r) => r.effect === 'approve')) ??
+        allow;
+      // Rules that let the call through: exact allows and approvals, and look-alike approvals
+      // (their masks and limits can only tighten).
+      const matching = [...new Set([...exact, ...loose])];
       const partDecision = pick
         ? {
             effect: pick.effect,
@@ -174,26 +209,54 @@ function getPath(obj: Readonly<Record<string, unknown>>, dotted: string): unknow
   return cur;
 }
 
-function claimMatches(actual: unknown, expected: string | number | boolean | string[]): boolean {
+type ClaimValue = string | number | boolean | string[];
+
+/** Any-of on both sides; `fold` compares strings by look-alike skeleton as well. */
+function claimMatches(actual: unknown, expected: ClaimValue, fold: boolean): boolean {
   const wanted = Array.isArray(expected) ? expected : [expected];
   const have = Array.isArray(actual) ? actual : [actual];
-  return wanted.some((w) => have.some((h) => h === w));
+  return wanted.some((w) =>
+    have.some(
+      (h) =>
+        h === w ||
+        (fold && typeof h === 'string' && typeof w === 'string' && skeleton(h) === skeleton(w)),
+    ),
+  );
 }
 
-function compileMatch(match: Match): (facts: CallFacts, part: CallPart) => boolean {
+/**
+ * One rule's match as a test. Called without `folded` it matches exactly; with it (only for
+ * deny and approve rules, `loose`), subject, groups and claims also match on look-alike
+ * skeletons of both the rule's names and the caller's. Tools, targets, operations and the
+ * rest always match exactly: they are checked against the gateway's own names, and a
+ * look-alike target or tool simply does not exist.
+ */
+function compileMatch(match: Match, loose: boolean): MatchTest {
   const subjects = globs(match.subjects);
+  const foldedSubjects =
+    loose && match.subjects ? compileGlobs(match.subjects.map(skeleton)) : undefined;
+  const foldedGroups = loose && match.groups ? match.groups.map(skeleton) : undefined;
   const targets = globs(match.targets);
   const tools = globs(match.tools);
   const resources = globs(match.resources);
   const namespaces = globs(match.namespaces);
   const commands = globs(match.commands);
-  return (facts, part) => {
+  return (facts, part, folded) => {
     const p = facts.principal;
-    if (subjects && !subjects(p.sub)) return false;
-    if (match.groups && !match.groups.some((g) => p.groups.includes(g))) return false;
+    const fold = folded !== undefined && loose;
+    // Exact OR folded: a glob's classes and `?` work on characters that folding can merge or
+    // split, so the folded match alone could miss what the exact one catches.
+    if (subjects && !subjects(p.sub) && !(fold && foldedSubjects!(folded.sub))) return false;
+    if (
+      match.groups &&
+      !match.groups.some((g) => p.groups.includes(g)) &&
+      !(fold && foldedGroups!.some((g) => folded.groups.has(g)))
+    ) {
+      return false;
+    }
     if (
       match.claims &&
-      !Object.entries(match.claims).every(([k, v]) => claimMatches(getPath(p.claims, k), v))
+      !Object.entries(match.claims).every(([k, v]) => claimMatches(getPath(p.claims, k), v, fold))
     ) {
       return false;
     }

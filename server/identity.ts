@@ -13,6 +13,7 @@ import {
   type JWTVerifyGetKey,
   type JWTVerifyOptions,
 } from 'jose';
+import { GroupsSeparator } from './config.js';
 import { DEV_GROUPS_CLAIM, loadDevIssuer } from './dev-issuer.js';
 import { ConfigError, GovernanceError } from './errors.js';
 import { log } from './log.js';
@@ -31,6 +32,11 @@ export interface IdentityConfig {
   algorithms: string[];
   hmacSecret?: string;
   groupsClaim: string;
+  /**
+   * How a string groups claim is split into groups (e.g. "," or " "). Absent: a string is
+   * one group, never split (`"readers admins"` is the single group `readers admins`).
+   */
+  groupsSeparator?: string;
   clockToleranceSec: number;
   devIssuer?: { keyFile: string; issuer: string };
 }
@@ -84,6 +90,7 @@ interface Route {
   getKey: JWTVerifyGetKey;
   algorithms: string[];
   groupsClaim: string;
+  groupsSeparator?: string;
 }
 
 /** A key source failed (endpoint down, bad JSON): refuse, never fall back to no check. */
@@ -104,6 +111,7 @@ export async function createVerifier(cfg: IdentityConfig): Promise<Verifier> {
       getKey: await issuerKeys(cfg),
       algorithms: [...cfg.algorithms],
       groupsClaim: cfg.groupsClaim,
+      ...(cfg.groupsSeparator !== undefined ? { groupsSeparator: cfg.groupsSeparator } : {}),
     });
   }
   if (cfg.devIssuer !== undefined) {
@@ -117,6 +125,7 @@ export async function createVerifier(cfg: IdentityConfig): Promise<Verifier> {
       getKey: createLocalJWKSet(dev.jwks),
       // Only the dev key's own algorithm: nothing else is ever signed for this issuer.
       algorithms: [dev.alg],
+      // Dev tokens carry their groups as an array; a string there is one group.
       groupsClaim: DEV_GROUPS_CLAIM,
     });
   }
@@ -192,6 +201,10 @@ function checkConfig(cfg: IdentityConfig): void {
   }
   if (typeof cfg.audience !== 'string' || cfg.audience === '') {
     fail('identity.audience: required');
+  }
+  if (cfg.groupsSeparator !== undefined) {
+    const sep = GroupsSeparator.safeParse(cfg.groupsSeparator);
+    if (!sep.success) fail(`identity.groupsSeparator: ${sep.error.issues[0]!.message}`);
   }
   if (cfg.issuer === undefined && cfg.devIssuer === undefined) {
     fail('identity.issuer: required unless identity.devIssuer is configured');
@@ -390,7 +403,7 @@ function toIdentity(claims: JWTPayload, route: Route): Identity {
   if (typeof claims.exp !== 'number') throw unauthenticated('token missing required claim: exp');
   return {
     sub,
-    groups: groupsFrom(claims, route.groupsClaim),
+    groups: groupsFrom(claims, route.groupsClaim, route.groupsSeparator),
     claims: Object.freeze({ ...claims }),
     issuer: route.issuer,
     expiresAt: claims.exp,
@@ -401,8 +414,19 @@ function toIdentity(claims: JWTPayload, route: Route): Identity {
  * Groups from a dotted claim path (`realm_access.roles`). A key that itself contains dots
  * (Auth0's `https://example.com/groups`) is looked up whole first. Only own properties are
  * followed, so `__proto__` or `constructor` in a path never reach Object.prototype.
+ *
+ * An array of strings is the list of groups. A string is ONE group unless `separator` is
+ * given: then it is split on that exact string and each piece trimmed (`"a, b"` with "," is
+ * `a` and `b`; with " ", runs of spaces count as one). Splitting on a guess is how
+ * `"readers admins"` used to gain `admins`. Anything else (a number, an object, an array
+ * with a non-string member) is not a groups claim the IdP meant: no groups at all, rather
+ * than a guess at which members count. Empty names and duplicates are dropped.
  */
-export function groupsFrom(claims: Record<string, unknown>, path: string): string[] {
+export function groupsFrom(
+  claims: Record<string, unknown>,
+  path: string,
+  separator?: string,
+): string[] {
   let value: unknown;
   if (Object.hasOwn(claims, path)) {
     value = claims[path];
@@ -416,7 +440,7 @@ export function groupsFrom(claims: Record<string, unknown>, path: string): strin
   }
   let list: string[];
   if (typeof value === 'string') {
-    list = value.split(/[\s,]+/);
+    list = separator === undefined ? [value] : value.split(separator).map((g) => g.trim());
   } else if (Array.isArray(value) && value.every((g) => typeof g === 'string')) {
     list = value;
   } else {

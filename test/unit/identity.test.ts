@@ -431,10 +431,34 @@ describe('config checks', () => {
 });
 
 describe('groups claim', () => {
-  it.each<[string, Record<string, unknown>, string, string[]]>([
+  it.each<[string, Record<string, unknown>, string, string[], string?]>([
     ['array', { groups: ['a', 'b'] }, 'groups', ['a', 'b']],
-    ['space separated', { groups: 'a b  c' }, 'groups', ['a', 'b', 'c']],
-    ['comma separated', { groups: 'a,b, c' }, 'groups', ['a', 'b', 'c']],
+    ['space separated', { groups: 'a b  c' }, 'groups', ['a', 'b', 'c'], ' '],
+    ['comma separated', { groups: 'a,b, c' }, 'groups', ['a', 'b', 'c'], ','],
+    [
+      'a string is one group by default',
+      { groups: 'readers admins' },
+      'groups',
+      ['readers admins'],
+    ],
+    ['no comma splitting by default', { groups: 'readers,admins' }, 'groups', ['readers,admins']],
+    [
+      'comma separator leaves spaces inside names',
+      { groups: 'a b,c' },
+      'groups',
+      ['a b', 'c'],
+      ',',
+    ],
+    [
+      'space separator leaves commas inside names',
+      { groups: 'a,b c' },
+      'groups',
+      ['a,b', 'c'],
+      ' ',
+    ],
+    ['separator never splits an array member', { groups: ['a b'] }, 'groups', ['a b'], ' '],
+    ['empty pieces dropped', { groups: ',a,,b,' }, 'groups', ['a', 'b'], ','],
+    ['empty string', { groups: '' }, 'groups', []],
     ['duplicates', { groups: ['a', 'a'] }, 'groups', ['a']],
     ['missing', {}, 'groups', []],
     ['number', { groups: 7 }, 'groups', []],
@@ -448,8 +472,46 @@ describe('groups claim', () => {
     ['key with dots', { 'https://ex.com/groups': ['ns'] }, 'https://ex.com/groups', ['ns']],
     ['prototype path', {}, '__proto__.toString', []],
     ['constructor path', { groups: [] }, 'constructor.name', []],
-  ])('%s', (_name, claims, path, expected) => {
-    expect(groupsFrom(claims, path)).toEqual(expected);
+  ])('%s', (_name, claims, path, expected, separator) => {
+    expect(groupsFrom(claims, path, separator)).toEqual(expected);
+  });
+
+  it('a string groups claim gains no second group through the verifier', async () => {
+    const key = await makeKey('ES256', 'es');
+    const jwks = await writeJwks([key.publicJwk]);
+    const plain = await createVerifier(config({ jwks }));
+    const token = await sign(key, { groups: 'readers admins' });
+    expect((await plain.verify(token)).groups).toEqual(['readers admins']);
+    const spaced = await createVerifier(config({ jwks, groupsSeparator: ' ' }));
+    expect((await spaced.verify(token)).groups).toEqual(['readers', 'admins']);
+    const comma = await createVerifier(config({ jwks, groupsSeparator: ',' }));
+    expect((await comma.verify(token)).groups).toEqual(['readers admins']);
+  });
+
+  it.each(['', 'ab', '123456789'])('refuses groupsSeparator %j', async (groupsSeparator) => {
+    const jwks = await writeJwks([(await makeKey('ES256', 'es')).publicJwk]);
+    await expect(createVerifier(config({ jwks, groupsSeparator }))).rejects.toThrow(
+      /identity\.groupsSeparator/,
+    );
+  });
+
+  it('dev tokens: a string groups claim is one group', async () => {
+    const keyFile = join(dir, 'dev-groups', 'dev-issuer.json');
+    const dev = await loadDevIssuer(keyFile, 'urn:gatehouse:dev', { create: true });
+    const v = await createVerifier({
+      audience: AUD,
+      algorithms: ['EdDSA'],
+      groupsClaim: 'groups',
+      groupsSeparator: ' ',
+      clockToleranceSec: 30,
+      devIssuer: { keyFile, issuer: 'urn:gatehouse:dev' },
+    });
+    const token = await dev.mint({
+      sub: 'alice',
+      audience: AUD,
+      extra: { groups: 'readers admins' },
+    });
+    expect((await v.verify(token)).groups).toEqual(['readers admins']);
   });
 
   it('reads a dotted path end to end', async () => {

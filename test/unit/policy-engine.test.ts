@@ -234,3 +234,140 @@ describe('globs in rules', () => {
     expect(globMatch('*a*b*c*', 'ab'.repeat(5_000))).toBe(false);
   });
 });
+
+describe('look-alike names: deny and approve match loosely, allow exactly', () => {
+  // Mallory may read like everyone else, but a deny on her subject must hold however her
+  // name is written.
+  const engine = rules([
+    { id: 'readers', match: { operations: ['read'] }, effect: 'allow' },
+    { id: 'no-mallory', match: { subjects: ['mallory'] }, effect: 'deny' },
+    { id: 'no-contractors', match: { groups: ['contractors'] }, effect: 'deny' },
+    { id: 'no-vendor-dept', match: { claims: { dept: 'vendor' } }, effect: 'deny' },
+  ]);
+  const as = (sub: string, groups: string[] = [], claims: Record<string, unknown> = {}) =>
+    engine.decide(facts({ principal: { sub, groups, claims } }));
+
+  const LOOK_ALIKES: Array<[string, string]> = [
+    ['capitalised', 'Mallory'],
+    ['trailing space', 'mallory '],
+    ['leading space', ' mallory'],
+    ['Cyrillic о (U+043E)', 'mall\u043Ery'],
+    ['Cyrillic а and Greek ο', 'm\u0430ll\u03BFry'],
+    ['fullwidth', 'ｍａｌｌｏｒｙ'],
+    ['zero-width space', 'mal\u200Blory'],
+    ['zero-width joiner and soft hyphen', 'mall\u200Do\u00ADry'],
+    ['BOM at the start', '\uFEFFmallory'],
+    ['upper case', 'MALLORY'],
+    ['Cyrillic capitals', 'M\u0410LL\u041ERY'],
+    ['mathematical bold', '𝐦𝐚𝐥𝐥𝐨𝐫𝐲'],
+    ['small capitals', 'ᴍᴀʟʟᴏʀʏ'],
+    ['capital I for l', 'maIlory'],
+    ['digit 1 for l', 'ma1lory'],
+    ['rn for m', 'rnallory'],
+    ['combining mark', 'ma\u0308llory'],
+    ['no-break space', 'mallory\u00A0'],
+  ];
+
+  it.each(LOOK_ALIKES)('subject %s (%j) is denied by the deny on mallory', (_name, sub) => {
+    expect(as(sub)).toMatchObject({ effect: 'deny', rule: 'no-mallory' });
+  });
+
+  it.each(LOOK_ALIKES)('the control: %s (%j) is allowed without that deny', (_name, sub) => {
+    const open = rules([{ id: 'readers', match: { operations: ['read'] }, effect: 'allow' }]);
+    const principal = { sub, groups: [], claims: {} };
+    expect(open.decide(facts({ principal })).effect).toBe('allow');
+  });
+
+  it('leaves other subjects alone', () => {
+    expect(as('alice')).toMatchObject({ effect: 'allow', rule: 'readers' });
+    expect(as('mallory2')).toMatchObject({ effect: 'allow', rule: 'readers' });
+  });
+
+  it.each<[string, string]>([
+    ['exact', 'contractors'],
+    ['capitalised', 'Contractors'],
+    ['upper case', 'CONTRACTORS'],
+    ['trailing space', 'contractors '],
+    ['Cyrillic с and о', '\u0441\u043Entractors'],
+    ['Greek ο', 'c\u03BFntractors'],
+    ['fullwidth', 'ｃｏｎｔｒａｃｔｏｒｓ'],
+    ['zero-width space', 'contr\u200Bactors'],
+    ['digit 0 for o', 'c0ntractors'],
+    ['an unsplit string claim with it', 'readers contractors'],
+    ['an unsplit comma list with it', 'readers,contractors'],
+  ])('group %s (%j) is denied by the deny on contractors', (_name, group) => {
+    expect(as('alice', ['readers', group])).toMatchObject({
+      effect: 'deny',
+      rule: 'no-contractors',
+    });
+  });
+
+  it.each<[string, unknown]>([
+    ['capitalised', 'Vendor'],
+    ['Cyrillic е', 'v\u0435ndor'],
+    ['fullwidth', 'ｖｅｎｄｏｒ'],
+    ['zero-width inside', 'ven\u200Cdor'],
+    ['in a list', ['staff', 'VENDOR ']],
+  ])('claim %s (%j) is denied by the deny on dept: vendor', (_name, dept) => {
+    expect(as('alice', [], { dept })).toMatchObject({ effect: 'deny', rule: 'no-vendor-dept' });
+  });
+
+  it('deny globs match look-alikes too, and keep their exact matches', () => {
+    const globs = rules([
+      { id: 'all', match: {}, effect: 'allow' },
+      { id: 'no-ci', match: { subjects: ['spiffe://corp/ci/*', 'svc-[0-9]?'] }, effect: 'deny' },
+    ]);
+    const sub = (s: string) =>
+      globs.decide(facts({ principal: { sub: s, groups: [], claims: {} } }));
+    expect(sub('SPIFFE://corp/\u0441i/runner').rule).toBe('no-ci');
+    expect(sub('spiffe://corp/ci/runner').rule).toBe('no-ci');
+    // `?` and classes are matched exactly as well, whatever folding does to the characters.
+    expect(sub('svc-1m').rule).toBe('no-ci');
+    expect(sub('svc-1\u043C').rule).toBe('no-ci');
+    expect(sub('alice').rule).toBe('all');
+  });
+
+  it('allow rules match exactly: a look-alike gains no allow meant for someone else', () => {
+    const allow = rules([
+      {
+        id: 'alice-writes',
+        match: { subjects: ['alice'], operations: ['write'] },
+        effect: 'allow',
+      },
+      { id: 'dba-writes', match: { groups: ['dba'], operations: ['write'] }, effect: 'allow' },
+      { id: 'fin', match: { claims: { dept: 'finance' }, operations: ['write'] }, effect: 'allow' },
+    ]);
+    const write = (sub: string, groups: string[] = [], claims: Record<string, unknown> = {}) =>
+      allow.decide(facts({ principal: { sub, groups, claims }, parts: [part('write')] }));
+    expect(write('alice').effect).toBe('allow');
+    for (const sub of ['Alice', '\u0430lice', 'alice ', 'ａｌｉｃｅ', 'al\u200Bice']) {
+      expect(write(sub), sub).toMatchObject({ effect: 'deny', rule: 'default-deny' });
+    }
+    expect(write('bob', ['dba']).effect).toBe('allow');
+    for (const g of ['DBA', 'db\u0430', 'dba ', 'readers dba']) {
+      expect(write('bob', [g]), g).toMatchObject({ effect: 'deny', rule: 'default-deny' });
+    }
+    expect(write('bob', [], { dept: 'finance' }).effect).toBe('allow');
+    expect(write('bob', [], { dept: 'Finance' }).rule).toBe('default-deny');
+  });
+
+  it('an approve rule matched only by look-alike tightens an allow but never lifts a default deny', () => {
+    const approval = { approvers: { groups: ['dba'] } };
+    const engine2 = rules([
+      { id: 'reads', match: { operations: ['read'] }, effect: 'allow' },
+      { id: 'review-mallory', match: { subjects: ['mallory'] }, effect: 'approve', approval },
+    ]);
+    const call = (sub: string, op: string) =>
+      engine2.decide(facts({ principal: { sub, groups: [], claims: {} }, parts: [part(op)] }));
+    // Exact: the approve rule applies as written, reads and writes alike.
+    expect(call('mallory', 'read')).toMatchObject({ effect: 'approve', rule: 'review-mallory' });
+    expect(call('mallory', 'write')).toMatchObject({ effect: 'approve', rule: 'review-mallory' });
+    // Look-alike: an allowed read still goes through review...
+    expect(call('MALL\u041ERY', 'read')).toMatchObject({
+      effect: 'approve',
+      rule: 'review-mallory',
+    });
+    // ...but a write nothing allows stays denied rather than reaching a human approver.
+    expect(call('MALL\u041ERY', 'write')).toMatchObject({ effect: 'deny', rule: 'default-deny' });
+  });
+});
