@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig, resolveSecret } from '../../server/config.js';
 import { ConfigError, GovernanceError } from '../../server/errors.js';
 import { loadPolicies } from '../../policies/load.js';
+import { loadGateway } from '../../server/runtime.js';
 import { parseDuration, parseSize } from '../../server/units.js';
 
 let dir: string;
@@ -95,6 +96,21 @@ describe('config', () => {
       `${base}targets:\n  db:\n    kind: postgres\n    host: h\n    database: d\n    user: u\n    connectTimeout: soon\n`,
       /not a duration/,
     ],
+    [
+      'an empty groupsSeparator',
+      `${base}  groupsSeparator: ''\n`,
+      /identity.groupsSeparator: must not be empty/,
+    ],
+    [
+      'a groupsSeparator of letters',
+      `${base}  groupsSeparator: or\n`,
+      /identity.groupsSeparator: must not be made of letters or digits only/,
+    ],
+    [
+      'a groupsSeparator that is not a string',
+      `${base}  groupsSeparator: [',']\n`,
+      /identity.groupsSeparator: expected a string/,
+    ],
     ['broken YAML', `identity: [\n`, /gatehouse.yaml:\d+:\d+: /],
     ['a duplicate key', `${base}identity: {}\n`, /gatehouse.yaml:4:1: Map keys must be unique/],
   ])('refuses %s', async (_name, text, message) => {
@@ -102,6 +118,21 @@ describe('config', () => {
     const all = await issues(loadConfig(file));
     expect(all.join('\n')).toMatch(message);
     for (const line of all) expect(line).toMatch(/^.+:\d+:\d+: /);
+  });
+
+  it('accepts identity.groupsSeparator, also on the policy check path (absent: undefined)', async () => {
+    expect((await loadConfig(await write('gatehouse.yaml', base))).identity.groupsSeparator).toBe(
+      undefined,
+    );
+    await write('policy.yaml', 'rules: []\n');
+    const file = await write(
+      'gatehouse.yaml',
+      `${base}  groupsSeparator: ","\npolicies: [./policy.yaml]\n`,
+    );
+    expect((await loadConfig(file)).identity.groupsSeparator).toBe(',');
+    // `gatehouse policy check` validates through loadGateway.
+    const { config } = await loadGateway(file);
+    expect(config.identity.groupsSeparator).toBe(',');
   });
 
   it('resolves secrets from env and file, and names the reference, never a value, when missing', async () => {
