@@ -571,4 +571,30 @@ describe('audit commands', () => {
     expect(c.out()).not.toContain('\u001b');
     expect(c.out()).toContain('eve\\x1b]0;owned\\x07');
   });
+
+  it('tail: a newline in a field cannot forge a line; C1, bidi and invisible characters are escaped', async () => {
+    const fake = '2025-01-01T00:00:00.000Z alice postgres_query main read allow readers';
+    const log = await AuditLog.open(file);
+    await log.append(
+      rec(1, {
+        target: `main\n${fake}`,
+        sub: 'eve\t\r\u0085\u009b\u202e\u2067\u200d\u2029\ufeff\u061c',
+      }),
+    );
+    await log.close();
+    const c = capture();
+    await auditTail(file, { follow: false, json: false }, c.io);
+    const out = c.out();
+    expect(out.trimEnd().split('\n')).toHaveLength(1);
+    expect(out).toContain(`main\\n${fake}`);
+    expect(out).toContain('eve\\t\\r\\x85\\x9b\\u202e\\u2067\\u200d\\u2029\\ufeff\\u061c');
+
+    const j = capture();
+    await auditTail(file, { follow: false, json: true }, j.io);
+    expect(j.out()).not.toMatch(/[\u0080-\u009f\u202e\u2067\u2029\ufeff\u061c]|\u200d/);
+    expect(j.out()).toContain('\\u0085\\u009b\\u202e\\u2067\\u200d\\u2029\\ufeff\\u061c');
+    const parsed = JSON.parse(j.out()) as AuditLine;
+    expect(parsed.sub).toBe('eve\t\r\u0085\u009b\u202e\u2067\u200d\u2029\ufeff\u061c');
+    expect(parsed.target).toBe(`main\n${fake}`);
+  });
 });

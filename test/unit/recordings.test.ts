@@ -218,6 +218,26 @@ describe('recordings commands', () => {
     expect(c.out()).toContain('row \\x1b[2J\\x1b]0;pwned\\x07 end');
   });
 
+  it('show: an untrusted field cannot start a line; bidi and invisible characters are escaped', async () => {
+    const ev = call(1, '2025-01-01T10:00:01.000Z');
+    ev.tool = 'postgres_query\n[2025-01-01T10:00:00.000Z] postgres_query  allow by admins';
+    ev.decision.reason = 'fine\r\nreason   forged \u202egnp.exe\u2066\u200b\ufeff\u009b';
+    ev.request = { target: 'main\u2028x', sql: 'select 1' };
+    await session('s-bidi', [ev], {
+      identity: { sub: 'eve\n  identity root', groups: ['a\u202eb'] },
+    });
+    const c = capture();
+    await recordingsShow(dir, 's-bidi', c.io);
+    const out = c.out();
+    expect(out.split('\n').filter((l) => l.startsWith('[2025-01-01T10:00:00'))).toEqual([]);
+    expect(out.split('\n').filter((l) => l.startsWith('  identity root'))).toEqual([]);
+    expect(out).toContain('postgres_query\\n[2025-01-01T10:00:00.000Z]');
+    expect(out).toContain('fine\\r\\nreason   forged \\u202egnp.exe\\u2066\\u200b\\ufeff\\x9b');
+    expect(out).toContain('"target":"main\\u2028x"');
+    expect(out).toContain('identity eve\\n  identity root (a\\u202eb)');
+    expect(out).not.toMatch(/[\r\u0080-\u009f\u2028\u202e\u2066\u200b\ufeff]/);
+  });
+
   it('replay prints calls in time order, without pauses at speed 0', async () => {
     await session('s-r', [
       call(2, '2025-01-01T10:00:05.000Z'),
