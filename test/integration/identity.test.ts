@@ -253,3 +253,98 @@ describe.skipIf(!pgInfo.available)('#13 an unreachable JWKS endpoint, through th
     ).toBeFalsy();
   });
 });
+
+describe.skipIf(!pgInfo.available)('look-alike identities through the pipeline', () => {
+  // Writers may bump the canary sequence; mallory and contractors may not, however spelt.
+  const lookAlikePolicy = {
+    rules: [
+      ...policy.rules,
+      { id: 'no-mallory', match: { subjects: ['mallory'] }, effect: 'deny' },
+      { id: 'no-contractors', match: { groups: ['contractors'] }, effect: 'deny' },
+    ],
+  };
+  let gw: TestGateway;
+  let su: pg.Client;
+  const seq = async () =>
+    (await su.query('SELECT last_value, is_called FROM canary_seq')).rows[0] as unknown;
+  const canaryRows = async () =>
+    Number((await su.query<{ n: string }>('SELECT count(*) AS n FROM canary')).rows[0]!.n);
+
+  beforeAll(async () => {
+    gw = await startGateway({ pg: pgInfo, policy: lookAlikePolicy });
+    su = await connectAs(pgInfo, 'superuser');
+  });
+  afterAll(async () => {
+    await su?.end();
+    await gw?.close();
+  });
+
+  it.each<[string, string]>([
+    ['Cyrillic о', 'mall\u043Ery'],
+    ['capitalised', 'Mallory'],
+    ['trailing space', 'mallory '],
+    ['fullwidth', 'ｍａｌｌｏｒｙ'],
+    ['zero-width space', 'mal\u200Blory'],
+  ])(
+    'a deny on mallory holds for the look-alike subject %s, and nothing executes',
+    async (_n, sub) => {
+      const before = { seq: await seq(), rows: await canaryRows() };
+      const client = await gw.connect(await gw.mint(sub, ['writers']));
+      for (const sql of [BUMP.sql, "INSERT INTO canary (v) VALUES ('mallory was here')"]) {
+        const r = await client.call('postgres_query', { target: 'app-db-rw', sql });
+        expect(r.isError, sql).toBe(true);
+        expect(textOf(r), sql).toMatch(/^DENIED by rule no-mallory: /);
+      }
+      expect({ seq: await seq(), rows: await canaryRows() }).toEqual(before);
+      await client.close();
+    },
+  );
+
+  it('a deny on contractors holds for a look-alike group and for an unsplit string claim', async () => {
+    const before = await seq();
+    for (const groups of [
+      ['writers', '\u0441ontractors'],
+      ['writers', 'CONTRACTORS'],
+    ]) {
+      const client = await gw.connect(await gw.mint('wendy', groups));
+      const r = await client.call('postgres_query', BUMP);
+      expect(textOf(r), groups.join()).toMatch(/^DENIED by rule no-contractors: /);
+      await client.close();
+    }
+    // A string groups claim is one group: "writers contractors" is not `writers`, so no allow,
+    // and the deny on `contractors` still sees the piece.
+    const token = await gw.issuer.mint({
+      sub: 'wendy',
+      audience: 'gatehouse',
+      extra: { groups: 'writers contractors' },
+    });
+    const client = await gw.connect(token);
+    const r = await client.call('postgres_query', BUMP);
+    expect(textOf(r)).toMatch(/^DENIED by rule no-contractors: /);
+    await client.close();
+    expect(await seq()).toEqual(before);
+  });
+
+  it('a string groups claim does not gain a second group (no split without groupsSeparator)', async () => {
+    const before = await seq();
+    const token = await gw.issuer.mint({
+      sub: 'wendy',
+      audience: 'gatehouse',
+      extra: { groups: 'readers writers' },
+    });
+    const client = await gw.connect(token);
+    const r = await client.call('postgres_query', BUMP);
+    expect(textOf(r)).toMatch(/^DENIED by rule default-deny: /);
+    expect(await seq()).toEqual(before);
+    await client.close();
+  });
+
+  it('the control: the real writer is allowed and bumps the sequence', async () => {
+    const before = await seq();
+    const client = await gw.connect(await gw.mint('wendy', ['writers']));
+    const r = await client.call('postgres_query', BUMP);
+    expect(r.isError, textOf(r)).toBeFalsy();
+    expect(await seq()).not.toEqual(before);
+    await client.close();
+  });
+});
