@@ -70,7 +70,11 @@ export function postgresQueryTool(
       input.params?.forEach((p, i) => {
         if (typeof p === 'string') assertWellFormed(p, `params[${i}]`);
       });
-      const c = await withCatalog(await classifyCached(input.sql), input.target, catalogs);
+      const { c, unchecked } = await withCatalog(
+        await classifyCached(input.sql),
+        input.target,
+        catalogs,
+      );
       return {
         target: input.target,
         // One part per statement: a call with several statements gets the strictest one's decision.
@@ -80,7 +84,7 @@ export function postgresQueryTool(
           reason: s.reason,
         })),
         auditInput: { sql: input.sql, ...(input.params ? { params: input.params } : {}) },
-        plan: { runAs: c.runAs },
+        plan: { runAs: c.runAs, unchecked },
         ...(c.statements.length > 1
           ? { refusal: `one statement per call (got ${c.statements.length})` }
           : c.unsupported
@@ -89,7 +93,8 @@ export function postgresQueryTool(
       };
     },
     async execute(input, ctx) {
-      const plan = ctx.description.plan as { runAs?: string } | undefined;
+      const plan = ctx.description.plan as { runAs?: string; unchecked?: unknown } | undefined;
+      if (plan?.unchecked !== undefined) throw uncheckedError(input.target, plan.unchecked);
       if (ctx.description.refusal) {
         throw new GovernanceError('INVALID_INPUT', ctx.description.refusal);
       }
@@ -141,39 +146,41 @@ function mostStrict(ops: string[]): string {
 /**
  * The classification checked against the target's catalog, when anything in it could still
  * be `read`, `write` or `ddl` (a statement already `unknown` or `admin` cannot get stricter
- * where it matters). A catalog that cannot be read proves nothing: those statements become
- * `unknown`, so a policy that allows only reads refuses them.
+ * where it matters). A catalog that cannot be read proves nothing: policy decides on the
+ * parse tree alone, and `unchecked` makes execute() refuse to run the statement, so nothing
+ * unproven reaches the target and a caller policy refuses learns nothing about the target.
  */
 async function withCatalog(
   c: Readonly<SqlClassification>,
   target: string,
   catalogs: CatalogSource | undefined,
-): Promise<Readonly<SqlClassification>> {
+): Promise<{ c: Readonly<SqlClassification>; unchecked?: unknown }> {
   // The base finding leaves out unproven calls, which the target's trust list may allow.
   const settled = (s: (typeof c.statements)[number]) =>
     s.base.operation === 'unknown' || s.base.operation === 'admin';
-  if (!catalogs || c.statements.every(settled)) return c;
+  if (!catalogs || c.statements.every(settled)) return { c };
   let catalog: TargetCatalog | undefined;
   try {
     catalog = await catalogs.get(target);
   } catch (err) {
     log.warn({ target, err: (err as Error).message }, 'cannot read the target catalog');
-    return unproven(c, `could not check what it reaches in the catalog of ${target}`);
+    return { c, unchecked: err };
   }
-  return catalog ? refineClassification(c, catalog) : c;
+  return { c: catalog ? refineClassification(c, catalog) : c };
 }
 
-function unproven(c: Readonly<SqlClassification>, why: string): SqlClassification {
-  const statements = c.statements.map((s) =>
-    s.operation === 'admin' || s.operation === 'unknown'
-      ? s
-      : { ...s, operation: 'unknown' as const, reason: why },
+/** Why a statement whose catalog check failed is not run: the connection, or the check. */
+function uncheckedError(target: string, err: unknown): GovernanceError {
+  const code = (err as { code?: string }).code ?? '';
+  const connection =
+    /^(08|28|3D|53)/.test(code) ||
+    /^E[A-Z]+$/.test(code) ||
+    /connect|terminated|timeout/i.test((err as Error).message ?? '');
+  return new GovernanceError(
+    'TARGET_ERROR',
+    connection
+      ? `cannot connect to ${target}`
+      : `cannot check what the statement reaches in the catalog of ${target}, so it was not run`,
+    { cause: err },
   );
-  const admin = statements.find((s) => s.operation === 'admin');
-  return {
-    ...c,
-    statements,
-    operation: admin ? 'admin' : 'unknown',
-    reason: admin ? admin.reason : why,
-  };
 }
