@@ -1,11 +1,19 @@
 import type pg from 'pg';
 import { GovernanceError } from '../../server/errors.js';
 import { log } from '../../server/log.js';
+import { formatDuration } from '../../server/units.js';
 import type { ColumnOrigin } from '../../policies/masking.js';
 import type { ResolvedLimits } from '../../policies/engine.js';
 import type { ToolOutput } from '../types.js';
 import { BoundedQuery } from './bounded-query.js';
-import type { PostgresPools, ResolvedPostgresTarget } from './pool.js';
+import type { PostgresPools, ResolvedPostgresTarget, RetireReason } from './pool.js';
+import { clientStream, guardClient, type Oversize, type WireGuard } from './wire-guard.js';
+
+/**
+ * No backend message may come near V8's string limit (~512 MiB, ERR_STRING_TOO_LONG thrown
+ * inside pg's socket handler ends the process), whatever maxOutputBytes a policy sets.
+ */
+const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
 
 export interface QueryRequest {
   sql: string;
@@ -42,39 +50,53 @@ export class PostgresExecutor {
     try {
       client = await pool.connect();
     } catch (err) {
-      throw new GovernanceError('TARGET_ERROR', `cannot connect to ${target.name}`, { cause: err });
+      throw connectError(err, target);
     }
+    // Room for what the byte cap lets through after masking, with slack; past that the
+    // rows would be cut anyway.
+    const byteBudget = 2 * limits.maxOutputBytes + 64 * 1024;
     // Any call that could change session state gets a fresh session next time: the
     // connection is destroyed instead of returned (`release(true)`). A read's session is
     // reset (see releaseAfterReset) before the pool hands it out again.
     let destroy = !readOnly;
+    // Set when the statement is abandoned, or the connection broke under it: its backend may
+    // still be running, so the connection is retired (see PostgresPools.retire), not released.
+    let stopped: RetireReason | undefined;
     // A connection that dies while checked out (the server terminated the backend, the
     // socket was cut below) makes node-postgres emit 'error' on the client as well as fail
     // the query. pg-pool listens only while a client is idle: without this, that event would
     // be unhandled and take the whole gateway down. The query's own error answers the call.
     const onClientError = (err: Error) => {
       destroy = true;
+      stopped ??= 'connection-lost';
       log.warn(
         { target: target.name, err: err.message },
         'postgres connection failed during a call',
       );
     };
     client.on('error', onClientError);
-    const onAbort = () => {
+    const stop = (why: RetireReason) => {
+      if (stopped) return;
+      stopped = why;
       destroy = true;
-      // Ending the socket is the only sure way to stop a running statement from here;
-      // statement_timeout on the server side normally fires first.
-      (
-        client as unknown as { connection?: { stream?: { destroy(): void } } }
-      ).connection?.stream?.destroy();
+      // Dropping the socket answers the agent now; the backend is dealt with by retire().
+      clientStream(client)?.destroy();
     };
-    // A client-side backstop a little after the server's statement_timeout.
-    const timer = setTimeout(onAbort, limits.timeoutMs + 2_000);
-    signal.addEventListener('abort', onAbort, { once: true });
+    let guard: WireGuard;
     try {
-      // Room for what the byte cap lets through after masking, with slack; past that the
-      // rows would be cut anyway.
-      const byteBudget = 2 * limits.maxOutputBytes + 64 * 1024;
+      guard = guardClient(client, Math.min(byteBudget, MAX_MESSAGE_BYTES));
+    } catch (err) {
+      client.release(true);
+      throw new GovernanceError('INTERNAL', 'internal error', { cause: err });
+    }
+    guard.onTrip = () => stop('oversize');
+    // A client-side backstop a little after the server's statement_timeout, for statements
+    // that never check for interrupts.
+    const timer = setTimeout(() => stop('timeout'), limits.timeoutMs + 2_000);
+    const onAbort = () => stop('cancelled');
+    signal.addEventListener('abort', onAbort, { once: true });
+    if (signal.aborted) onAbort();
+    try {
       const query = new BoundedQuery(req.sql, req.params, req.maxRows + 1, byteBudget);
       // pg returns the submittable itself (no promise): the outcome is `query.promise`.
       void client.query(query);
@@ -88,11 +110,15 @@ export class PostgresExecutor {
       return { kind: 'rows', columns, rows: values, rowCount, truncated, operation: req.operation };
     } catch (err) {
       destroy = true;
-      throw mapPgError(err, target.name, signal.aborted);
+      throw mapPgError(err, target.name, limits, stopped, guard.tripped);
     } finally {
       clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);
-      if (destroy) {
+      guard.onTrip = undefined;
+      if (stopped) {
+        // The slot stays taken until the backend is gone; the listener stays too.
+        this.pools.retire(target, client, stopped);
+      } else if (destroy) {
         // The listener stays: a client being closed can still report its socket's end.
         client.release(true);
       } else {
@@ -199,20 +225,61 @@ function typeName(oid: number): string {
   return TYPE_NAMES[oid] ?? `oid:${oid}`;
 }
 
+/** Why the pool gave no connection: queueing behind busy ones is not a dead server. */
+function connectError(err: unknown, target: ResolvedPostgresTarget): GovernanceError {
+  const message = (err as { message?: unknown }).message;
+  if (typeof message === 'string' && message.includes('timeout exceeded when trying to connect'))
+    return new GovernanceError(
+      'LIMIT_EXCEEDED',
+      `all ${target.poolSize} connections to ${target.name} are busy; try again later`,
+      { cause: err },
+    );
+  return new GovernanceError('TARGET_ERROR', `cannot connect to ${target.name}`, { cause: err });
+}
+
+const MESSAGE_KINDS: Record<string, string> = {
+  D: 'a single row of the result',
+  E: 'an error message',
+  N: 'a notice',
+  T: "the result's column list",
+};
+
+function formatBytes(n: number): string {
+  if (n >= 1 << 20 && n % (1 << 20) === 0) return `${n / (1 << 20)} MiB`;
+  if (n >= 1 << 10 && n % (1 << 10) === 0) return `${n / (1 << 10)} KiB`;
+  return `${n} bytes`;
+}
+
 /**
  * The server's own error text is useful to the agent (a missing column, a permission error)
  * and passes through masking before it is shown. Connection-level failures are summarized:
  * their messages can carry host names and user names the agent has no business seeing.
  */
-function mapPgError(err: unknown, target: string, aborted: boolean): GovernanceError {
+function mapPgError(
+  err: unknown,
+  target: string,
+  limits: ResolvedLimits,
+  stopped: RetireReason | undefined,
+  oversize: Oversize | undefined,
+): GovernanceError {
   if (err instanceof GovernanceError) return err;
   const e = err as { code?: string; message?: string; position?: string };
-  if (aborted)
+  if (oversize) {
+    const what = MESSAGE_KINDS[oversize.type] ?? `a message (type ${oversize.type})`;
+    return new GovernanceError(
+      'LIMIT_EXCEEDED',
+      `${what} from ${target} is larger than the output limit of ${formatBytes(limits.maxOutputBytes)}`,
+      { cause: err },
+    );
+  }
+  if (stopped === 'cancelled')
     return new GovernanceError('TIMEOUT', `query on ${target} was cancelled`, { cause: err });
-  if (e.code === '57014')
-    return new GovernanceError('TIMEOUT', `query on ${target} exceeded its time limit`, {
-      cause: err,
-    });
+  if (stopped === 'timeout' || e.code === '57014')
+    return new GovernanceError(
+      'TIMEOUT',
+      `query on ${target} exceeded its time limit of ${formatDuration(limits.timeoutMs)}`,
+      { cause: err },
+    );
   if (
     typeof e.code === 'string' &&
     /^[0-9A-Z]{5}$/.test(e.code) &&
