@@ -73,8 +73,11 @@ describe.skipIf(!base.available)('#6.2 what a read reaches, checked against the 
       CREATE OPERATOR === (LEFTARG = int, RIGHTARG = int, FUNCTION = leak2);
       CREATE DOMAIN checked AS int CHECK (leak(VALUE) > 0);
       CREATE TYPE boxed AS (v checked);
-      -- Reading a checked domain's column runs nothing: only a cast to it does.
+      -- A literal meeting a checked column is coerced to the domain: COALESCE(v, '5') runs it.
       CREATE TABLE measured (id int, v checked);
+      CREATE DOMAIN plain_checked AS int CHECK (VALUE > 0);
+      CREATE TABLE plain_measured (id int, v plain_checked);
+      INSERT INTO plain_measured VALUES (1, 1);
       CREATE VIEW leaky_view AS SELECT id, leak(id) AS l FROM items;
       CREATE VIEW plain_view AS SELECT id, upper(name) AS name FROM items;
       CREATE VIEW view_over_leaky AS SELECT id FROM leaky_view;
@@ -177,6 +180,11 @@ describe.skipIf(!base.available)('#6.2 what a read reaches, checked against the 
       "SELECT schema_to_xml('public', true, false, '')",
       /schema_to_xml/,
     ],
+    [
+      "a literal coerced to a checked column's domain",
+      "SELECT COALESCE(v, '5') FROM measured",
+      /measured/,
+    ],
     ['a cast to a row type with a checked field', 'SELECT ROW(1)::boxed', /public\.boxed/],
     ['a pg_trgm operator the target does not trust', "SELECT 'abc' % 'abd'", /operator %/],
     [
@@ -203,7 +211,11 @@ describe.skipIf(!base.available)('#6.2 what a read reaches, checked against the 
   it.each([
     ['a table', 'SELECT id, name FROM items ORDER BY id', 5],
     ['a join with USING', 'SELECT i.id FROM items i JOIN items j USING (id) ORDER BY 1', 5],
-    ['a column of a checked domain', 'SELECT id, v FROM measured', 0],
+    [
+      'a column of a domain whose CHECK is built-in',
+      "SELECT COALESCE(v, '5') FROM plain_measured",
+      1,
+    ],
     ['a CASE on a column', "SELECT CASE id WHEN 1 THEN 'one' ELSE 'other' END FROM items", 5],
     ['the table a view reads', 'SELECT count(*) FROM items WHERE id IN (1, 2)', 1],
     [

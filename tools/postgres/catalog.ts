@@ -125,12 +125,18 @@ user_casts AS (
 risky_types AS (
   SELECT t.oid, n.nspname::text AS schema, t.typname::text AS name,
          CASE
-           WHEN t.typtype = 'd' AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid AND k.contype = 'c')
+           -- A CHECK runs on casts and on literals coerced to the domain (COALESCE(col, '5')),
+           -- so it matters when it calls a function or operator someone defined.
+           WHEN t.typtype = 'd' AND EXISTS (
+                  SELECT 1 FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_depend d
+                    ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid
+                   WHERE k.contypid = t.oid AND k.contype = 'c' AND d.refobjid >= ${FIRST_NORMAL_OID}
+                     AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_operator'::regclass))
              THEN 'a domain whose CHECK constraint runs on every cast to it'
            WHEN t.typtype = 'c' AND EXISTS (
                   SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type f ON f.oid = a.atttypid
                    WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped AND f.oid >= ${FIRST_NORMAL_OID}
-                     AND ((f.typtype = 'd' AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contypid = f.oid AND k.contype = 'c'))
+                     AND ((f.typtype = 'd' AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contypid = f.oid AND k.contype = 'c' AND k.conbin IS NOT NULL))
                           OR (f.typtype = 'b' AND f.typcategory <> 'A')))
              THEN 'a row type with a field that runs code when cast to it'
            WHEN t.typtype = 'd' AND t.typbasetype >= ${FIRST_NORMAL_OID} THEN 'a domain over a user-defined type'
@@ -157,12 +163,11 @@ risky_types AS (
 ),
 risky AS (SELECT * FROM risky_types WHERE why IS NOT NULL),
 -- Types whose code runs on values read from a column without any cast written: output
--- functions, operators and implicit casts. (A domain's CHECK and a row type's fields run
--- only on a cast to them, which the statement must name.)
+-- functions, operators, implicit casts, a domain's CHECK on literals coerced to it. (A row
+-- type's fields run only on a cast to it, which the statement must name.)
 implicit AS (
   SELECT * FROM risky
-   WHERE why NOT IN ('a domain whose CHECK constraint runs on every cast to it',
-                     'a row type with a field that runs code when cast to it')
+   WHERE why <> 'a row type with a field that runs code when cast to it'
 ),
 descendants AS (
   SELECT i.inhparent AS root, i.inhrelid AS rel FROM pg_catalog.pg_inherits i
