@@ -290,7 +290,8 @@ function mapPgError(
     return new GovernanceError(
       'TARGET_ERROR',
       `${target}: ${e.code} ${e.message ?? 'error'}${pos}`,
-      { cause: err },
+      // The server's text can quote stored values: fenced and masked as untrusted data.
+      { cause: err, ...(e.message ? { detail: e.message } : {}) },
     );
   }
   return new GovernanceError('TARGET_ERROR', `${target}: the database connection failed`, {
