@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { ResolvedPostgresTarget } from './pool.js';
+import { connectionConfig, type ResolvedPostgresTarget } from './pool.js';
 
 /**
  * `gatehouse targets check` for PostgreSQL: connect the way the gateway does, say what works,
@@ -116,18 +116,7 @@ export function connectFailure(err: unknown, target: ResolvedPostgresTarget): st
 /** Connect as the gateway would, then report on the role. */
 export async function checkPostgresTarget(target: ResolvedPostgresTarget): Promise<CheckLine[]> {
   const client = new pg.Client({
-    host: target.host,
-    port: target.port,
-    database: target.database,
-    user: target.user,
-    password: target.password,
-    ssl:
-      target.ssl === 'disable'
-        ? false
-        : {
-            rejectUnauthorized: target.ssl === 'verify-full',
-            ...(target.sslCa ? { ca: target.sslCa } : {}),
-          },
+    ...connectionConfig(target),
     connectionTimeoutMillis: target.connectTimeoutMs,
     application_name: 'gatehouse-check',
     options: '-c default_transaction_read_only=on',

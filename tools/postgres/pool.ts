@@ -236,7 +236,7 @@ export class PostgresPools {
 }
 
 /** Host, credentials and TLS, as the pools and the side connections use them. */
-function connectionConfig(target: ResolvedPostgresTarget): pg.ClientConfig {
+export function connectionConfig(target: ResolvedPostgresTarget): pg.ClientConfig {
   return {
     host: target.host,
     port: target.port,
