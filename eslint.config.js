@@ -27,5 +27,41 @@ export default tseslint.config(
     files: ['server/**/*.ts', 'tools/**/*.ts', 'policies/**/*.ts', 'recordings/**/*.ts'],
     rules: { 'no-console': 'error' },
   },
+  {
+    // The four rooms (README, Architecture): tools/, policies/ and recordings/ take from server/
+    // only its kernel, so a tool or the policy engine never reaches into the runtime, the
+    // pipeline or the CLI; the runtime wires them together.
+    files: ['tools/**/*.ts', 'policies/**/*.ts', 'recordings/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              regex: '(^|/)server/(?!kernel/)',
+              message: 'tools/, policies/ and recordings/ import only server/kernel/ from server/',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    // The kernel is the bottom floor: it imports nothing else of the project.
+    files: ['server/kernel/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              regex: '^\\.\\./',
+              message: 'server/kernel/ imports nothing of the project outside itself',
+            },
+          ],
+        },
+      ],
+    },
+  },
   { files: ['eslint.config.js', '.ci/*.mjs'], ...tseslint.configs.disableTypeChecked },
 );

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { glob } from 'tinyglobby';
-import { ConfigError } from '../server/errors.js';
-import { loadYamlFile } from '../server/yaml.js';
+import { ConfigError } from '../server/kernel/errors.js';
+import { loadYamlFile } from '../server/kernel/yaml.js';
 import { PolicyEngine } from './engine.js';
 import { PolicyFile, type PolicyTest, type Rule } from './schema.js';
 import type { MaskProfile } from './masking.js';

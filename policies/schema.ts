@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { Duration } from '../server/config.js';
-import { parseSize } from '../server/units.js';
+import { Duration } from '../server/kernel/units.js';
+import { parseSize } from '../server/kernel/units.js';
 import { DETECTOR_NAMES } from './masking.js';
 
 /** The policy file format (CONTRACT section 5). Strict: an unknown key is an error, not a no-op. */

@@ -13,14 +13,14 @@ import { AuditIntegrityError } from '../recordings/audit.js';
 import { PostgresPools } from '../tools/postgres/pool.js';
 import { createTools } from '../tools/registry.js';
 import { loadConfig } from './config.js';
-import { runDemo } from './demo.js';
-import { loadDevIssuer } from './dev-issuer.js';
-import { ConfigError, GovernanceError } from './errors.js';
+import { runDemo } from './demo/demo.js';
+import { loadDevIssuer } from './identity/dev-issuer.js';
+import { ConfigError, GovernanceError } from './kernel/errors.js';
 import { explainCall } from './meta-tools.js';
 import { loadGateway } from './runtime.js';
 import { serveStdio } from './serve.js';
 import { targetsCheck } from './targets-command.js';
-import { parseDuration } from './units.js';
+import { parseDuration } from './kernel/units.js';
 
 /**
  * The `gatehouse` command (CONTRACT section 1). Exit codes: 0 ok, 1 a check failed or the
@@ -289,7 +289,7 @@ async function policyCommand(args: string[]): Promise<number> {
 }
 
 async function loadTestsFrom(files: string[], configured: readonly string[]) {
-  const { loadYamlFile } = await import('./yaml.js');
+  const { loadYamlFile } = await import('./kernel/yaml.js');
   const { PolicyFile } = await import('../policies/schema.js');
   const out: Array<{
     file: string;

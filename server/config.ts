@@ -1,41 +1,15 @@
-import { readFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { ConfigError, GovernanceError } from './errors.js';
-import { parseDuration } from './units.js';
-import { loadYamlFile } from './yaml.js';
+import { deepFreeze } from './kernel/freeze.js';
+import { resolvePath } from './kernel/paths.js';
+import { SecretRef } from './kernel/secrets.js';
+import { Duration } from './kernel/units.js';
+import { loadYamlFile } from './kernel/yaml.js';
 
 /**
  * gatehouse.yaml (CONTRACT section 2). Parsed once at start with zod, strict everywhere
  * (a typo in a key is an error, not a silently ignored setting), then frozen.
  */
-
-const literalSecretMessage =
-  'a secret must be a reference ({ env: NAME } or { file: PATH }), never a literal value';
-
-export const SecretRef = z.union(
-  [z.strictObject({ env: z.string().min(1) }), z.strictObject({ file: z.string().min(1) })],
-  {
-    error: (issue) =>
-      typeof issue.input === 'string' || typeof issue.input === 'number'
-        ? literalSecretMessage
-        : 'expected { env: NAME } or { file: PATH }',
-  },
-);
-export type SecretRef = z.infer<typeof SecretRef>;
-
-export const Duration = z.string().transform((text, ctx) => {
-  const ms = parseDuration(text);
-  if (ms === undefined) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `"${text}" is not a duration (e.g. 500ms, 10s, 5m, 1h)`,
-    });
-    return z.NEVER;
-  }
-  return ms;
-});
 
 const ALGORITHMS = [
   'RS256',
@@ -200,12 +174,6 @@ export interface GatehouseConfig {
   readonly state: { readonly file: string };
 }
 
-/** Relative paths in the config resolve against the config file's folder; `~` is the home dir. */
-export function resolvePath(baseDir: string, p: string): string {
-  if (p === '~' || p.startsWith('~/')) return path.join(homedir(), p.slice(1));
-  return path.resolve(baseDir, p);
-}
-
 export async function loadConfig(file: string): Promise<GatehouseConfig> {
   const abs = path.resolve(file);
   const dir = path.dirname(abs);
@@ -235,40 +203,3 @@ export async function loadConfig(file: string): Promise<GatehouseConfig> {
     state: { file: resolvePath(dir, value.state.file) },
   });
 }
-
-/**
- * Resolve a secret reference at the last moment. The value is returned to the caller that
- * needs it and never logged; errors name the reference, not the value.
- */
-export async function resolveSecret(
-  ref: SecretRef,
-  baseDir: string,
-  what: string,
-): Promise<string> {
-  if ('env' in ref) {
-    const v = process.env[ref.env];
-    if (v === undefined || v === '') {
-      throw new GovernanceError('TARGET_ERROR', `credentials for ${what} are not available`, {
-        cause: new Error(`environment variable ${ref.env} is not set`),
-      });
-    }
-    return v;
-  }
-  try {
-    return (await readFile(resolvePath(baseDir, ref.file), 'utf8')).replace(/\r?\n$/, '');
-  } catch (err) {
-    throw new GovernanceError('TARGET_ERROR', `credentials for ${what} are not available`, {
-      cause: err,
-    });
-  }
-}
-
-export function deepFreeze<T>(value: T): T {
-  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const v of Object.values(value)) deepFreeze(v);
-  }
-  return value;
-}
-
-export { ConfigError };

@@ -5,9 +5,9 @@ import {
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
-import { ERROR_CODES } from './errors.js';
+import { ERROR_CODES } from './kernel/errors.js';
 import { META_TOOLS } from './meta-tools.js';
-import { log } from './log.js';
+import { log } from './kernel/log.js';
 import { ensureRecorder, handleToolCall } from './pipeline.js';
 import type { Runtime } from './runtime.js';
 import type { Session } from './session.js';

@@ -5,7 +5,7 @@ import {
   ListTargetsOutput,
   listTargetsMeta,
 } from '../tools/list_targets/definition.js';
-import { GovernanceError } from './errors.js';
+import { GovernanceError } from './kernel/errors.js';
 import type { Runtime } from './runtime.js';
 
 /** Tools that answer from policy alone: they never reach a target. */

@@ -1,16 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { resolvePath } from './kernel/paths.js';
+import { resolveSecret } from './kernel/secrets.js';
 import {
   loadConfig,
-  resolveSecret,
-  resolvePath,
   type GatehouseConfig,
   type PostgresTargetConfig,
   type TargetConfig,
 } from './config.js';
-import { GovernanceError } from './errors.js';
-import { createVerifier, type Verifier } from './identity.js';
+import { GovernanceError } from './kernel/errors.js';
+import { createVerifier, type Verifier } from './identity/identity.js';
 import { loadPolicies, type PolicySet } from '../policies/load.js';
 import { createMasker, type Masker } from '../policies/masking.js';
 import { AuditLog } from '../recordings/audit.js';

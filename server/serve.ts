@@ -1,6 +1,6 @@
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
-import { GovernanceError } from './errors.js';
-import { log } from './log.js';
+import { GovernanceError } from './kernel/errors.js';
+import { log } from './kernel/log.js';
 import { createMcpServer } from './mcp.js';
 import { createRuntime, type Runtime } from './runtime.js';
 import { newSession } from './session.js';

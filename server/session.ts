@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { SessionRecorder } from '../recordings/session.js';
-import type { Identity } from './identity.js';
+import type { Identity } from './identity/identity.js';
 
 /**
  * One MCP session. The token is re-read and re-verified on every call: over stdio it is the

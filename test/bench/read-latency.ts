@@ -15,7 +15,7 @@ import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import pg from 'pg';
 import { AuditLog } from '../../recordings/audit.js';
-import { loadDevIssuer } from '../../server/dev-issuer.js';
+import { loadDevIssuer } from '../../server/identity/dev-issuer.js';
 import { writeGatewayConfig } from '../helpers/gateway.js';
 import { seedFixtures, startPostgres } from '../helpers/postgres.js';
 

@@ -5,7 +5,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { stringify } from 'yaml';
-import { loadDevIssuer, type DevIssuer } from '../../server/dev-issuer.js';
+import { loadDevIssuer, type DevIssuer } from '../../server/identity/dev-issuer.js';
 import { createMcpServer } from '../../server/mcp.js';
 import { createRuntime, type Runtime } from '../../server/runtime.js';
 import { newSession } from '../../server/session.js';

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import type {} from 'vitest';
-import { DEMO_SEED_SQL } from '../../server/demo-db.js';
+import { DEMO_SEED_SQL } from '../../server/demo/demo-db.js';
 
 export interface PgRole {
   user: string;

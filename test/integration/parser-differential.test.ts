@@ -2,7 +2,7 @@ import { loadModule, parseSync } from 'libpg-query';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { classifySql } from '../../tools/postgres/classify.js';
-import { GovernanceError } from '../../server/errors.js';
+import { GovernanceError } from '../../server/kernel/errors.js';
 import { startGateway, textOf, type TestClient, type TestGateway } from '../helpers/gateway.js';
 import { connectAs } from '../helpers/postgres.js';
 import { snapshotState, type PgState } from '../helpers/pg-state.js';

@@ -10,7 +10,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse, stringify } from 'yaml';
-import { loadDevIssuer } from '../../server/dev-issuer.js';
+import { loadDevIssuer } from '../../server/identity/dev-issuer.js';
 import { createMcpServer } from '../../server/mcp.js';
 import { createRuntime, type Runtime } from '../../server/runtime.js';
 import { newSession } from '../../server/session.js';

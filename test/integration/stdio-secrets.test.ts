@@ -7,7 +7,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { loadDevIssuer } from '../../server/dev-issuer.js';
+import { loadDevIssuer } from '../../server/identity/dev-issuer.js';
 import { writeGatewayConfig } from '../helpers/gateway.js';
 import { CLI, cliEnv } from '../helpers/cli.js';
 

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { GovernanceError } from '../../server/errors.js';
+import { GovernanceError } from '../../server/kernel/errors.js';
 import { classifyFunction, classifySql, stricter } from '../../tools/postgres/classify.js';
 import {
   ADMIN_FUNCTIONS,

@@ -2,11 +2,12 @@ import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { loadConfig, resolveSecret } from '../../server/config.js';
-import { ConfigError, GovernanceError } from '../../server/errors.js';
+import { loadConfig } from '../../server/config.js';
+import { resolveSecret } from '../../server/kernel/secrets.js';
+import { ConfigError, GovernanceError } from '../../server/kernel/errors.js';
 import { loadPolicies } from '../../policies/load.js';
 import { loadGateway } from '../../server/runtime.js';
-import { parseDuration, parseSize } from '../../server/units.js';
+import { parseDuration, parseSize } from '../../server/kernel/units.js';
 
 let dir: string;
 beforeEach(async () => {

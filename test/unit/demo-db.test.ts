@@ -2,7 +2,7 @@ import { createServer } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMasker } from '../../policies/masking.js';
-import { startDemoDatabase, type DemoDb } from '../../server/demo-db.js';
+import { startDemoDatabase, type DemoDb } from '../../server/demo/demo-db.js';
 
 // One embedded database for the file: PGlite takes 2-4 s and ~800 MB RSS to start.
 let db: DemoDb;

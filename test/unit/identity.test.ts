@@ -14,14 +14,14 @@ import {
   type JWTPayload,
 } from 'jose';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { loadDevIssuer } from '../../server/dev-issuer.js';
-import { ConfigError, GovernanceError } from '../../server/errors.js';
+import { loadDevIssuer } from '../../server/identity/dev-issuer.js';
+import { ConfigError, GovernanceError } from '../../server/kernel/errors.js';
 import {
   createVerifier,
   groupsFrom,
   type IdentityConfig,
   type Verifier,
-} from '../../server/identity.js';
+} from '../../server/identity/identity.js';
 
 const ISS = 'https://idp.test.example/';
 const AUD = 'gatehouse';

@@ -1,6 +1,6 @@
 import { loadModule, parseSync } from 'libpg-query';
 import { copyToStdoutAsQuery } from './copy.js';
-import { GovernanceError } from '../../server/errors.js';
+import { GovernanceError } from '../../server/kernel/errors.js';
 import {
   adminFunctionReason,
   READ_FUNCTIONS,

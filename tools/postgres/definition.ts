@@ -1,10 +1,10 @@
-import { GovernanceError } from '../../server/errors.js';
+import { GovernanceError } from '../../server/kernel/errors.js';
 import { z } from 'zod';
 import type { GovernedTool } from '../types.js';
-import { deepFreeze } from '../../server/config.js';
+import { deepFreeze } from '../../server/kernel/freeze.js';
 import { assertWellFormed, classifySql, type SqlClassification } from './classify.js';
 import { refineClassification, type CatalogSource, type TargetCatalog } from './catalog.js';
-import { log } from '../../server/log.js';
+import { log } from '../../server/kernel/log.js';
 import type { PostgresExecutor } from './executor.js';
 import type { ResolvedPostgresTarget } from './pool.js';
 

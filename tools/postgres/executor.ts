@@ -1,7 +1,7 @@
 import type pg from 'pg';
-import { GovernanceError } from '../../server/errors.js';
-import { log } from '../../server/log.js';
-import { formatDuration } from '../../server/units.js';
+import { GovernanceError } from '../../server/kernel/errors.js';
+import { log } from '../../server/kernel/log.js';
+import { formatDuration } from '../../server/kernel/units.js';
 import type { ColumnOrigin } from '../../policies/masking.js';
 import type { ResolvedLimits } from '../../policies/engine.js';
 import type { ToolOutput } from '../types.js';

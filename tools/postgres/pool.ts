@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import pg from 'pg';
-import { log } from '../../server/log.js';
+import { log } from '../../server/kernel/log.js';
 
 /** A postgres target with its credentials resolved by the gateway (never by the agent). */
 export interface ResolvedPostgresTarget {

@@ -13,10 +13,10 @@ import {
   type JWTVerifyGetKey,
   type JWTVerifyOptions,
 } from 'jose';
-import { GroupsSeparator } from './config.js';
+import { GroupsSeparator } from '../config.js';
 import { DEV_GROUPS_CLAIM, loadDevIssuer } from './dev-issuer.js';
-import { ConfigError, GovernanceError } from './errors.js';
-import { log } from './log.js';
+import { ConfigError, GovernanceError } from '../kernel/errors.js';
+import { log } from '../kernel/log.js';
 
 /**
  * Token verification: who is calling. Every failure is UNAUTHENTICATED with a short public

@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -16,4 +17,10 @@ export function packageRoot(): string {
     if (parent === dir) throw new Error('gatehouse package root not found');
     dir = parent;
   }
+}
+
+/** Relative paths in the config resolve against the config file's folder; `~` is the home dir. */
+export function resolvePath(baseDir: string, p: string): string {
+  if (p === '~' || p.startsWith('~/')) return path.join(homedir(), p.slice(1));
+  return path.resolve(baseDir, p);
 }

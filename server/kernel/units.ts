@@ -1,3 +1,5 @@
+import { z } from 'zod';
+
 /** Durations ("500ms", "10s", "5m", "1h") and sizes ("64KiB", "1MiB") as the config writes them. */
 
 const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/;
@@ -34,3 +36,16 @@ export function formatDuration(ms: number): string {
   if (ms % 1_000 === 0) return `${ms / 1_000}s`;
   return `${ms}ms`;
 }
+
+/** A duration as the config writes it ("30s"), parsed to milliseconds. */
+export const Duration = z.string().transform((text, ctx) => {
+  const ms = parseDuration(text);
+  if (ms === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `"${text}" is not a duration (e.g. 500ms, 10s, 5m, 1h)`,
+    });
+    return z.NEVER;
+  }
+  return ms;
+});

@@ -3,11 +3,11 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { startDemoDatabase } from './demo-db.js';
-import { loadDevIssuer } from './dev-issuer.js';
-import { log } from './log.js';
-import { packageRoot } from './paths.js';
-import { createRuntime } from './runtime.js';
-import { serveStdioWith } from './serve.js';
+import { loadDevIssuer } from '../identity/dev-issuer.js';
+import { log } from '../kernel/log.js';
+import { packageRoot } from '../kernel/paths.js';
+import { createRuntime } from '../runtime.js';
+import { serveStdioWith } from '../serve.js';
 
 export const DEMO_IDENTITY = { sub: 'demo-user', groups: ['analysts'] } as const;
 

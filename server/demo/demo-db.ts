@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { PGlite } from '@electric-sql/pglite';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
-import { log } from './log.js';
+import { log } from '../kernel/log.js';
 
 /**
  * The `gatehouse demo` database: PGlite (PostgreSQL 18 compiled to WASM) served over the
