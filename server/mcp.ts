@@ -1,12 +1,13 @@
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
+import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
 import {
   CallToolRequestSchema,
   ListToolsRequestSchema,
-  type Tool,
+  type ServerNotification,
+  type ServerRequest,
 } from '@modelcontextprotocol/sdk/types.js';
-import { z } from 'zod';
-import { ERROR_CODES } from './kernel/errors.js';
-import { META_TOOLS } from './meta-tools.js';
+import { listTools } from './tool-list.js';
+import type { RequestContext } from './request.js';
 import { log } from './kernel/log.js';
 import { ensureRecorder, handleToolCall } from './pipeline.js';
 import type { Runtime } from './runtime.js';
@@ -36,48 +37,43 @@ export function createMcpServer(rt: Runtime, session: Session): Server {
   };
   const tools = listTools(rt);
   server.setRequestHandler(ListToolsRequestSchema, () => ({ tools }));
-  server.setRequestHandler(CallToolRequestSchema, async (req) => {
+  server.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
     session.clientInfo ??= server.getClientVersion() ?? null;
-    return handleToolCall(rt, session, req.params.name, req.params.arguments ?? {});
+    return handleToolCall(
+      rt,
+      session,
+      req.params.name,
+      req.params.arguments ?? {},
+      requestContext(server, extra),
+    );
   });
   return server;
 }
 
-function jsonSchema(schema: z.ZodType, io: 'input' | 'output'): Tool['inputSchema'] {
-  const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, {
-    io,
-    unrepresentable: 'any',
-  }) as Record<string, unknown>;
-  return rest as Tool['inputSchema'];
-}
-
-/**
- * Errors are tool results too, with `structuredContent` `{ code, rule?, reason, callId }`
- * (CONTRACT section 3). Clients validate structuredContent against outputSchema even on
- * errors, so every output schema admits the error shape as an alternative.
- */
-export const ErrorContent = z.strictObject({
-  code: z.enum(ERROR_CODES),
-  rule: z.string().optional(),
-  reason: z.string(),
-  callId: z.string(),
-});
-
-function outputSchema(schema: z.ZodType): Tool['outputSchema'] {
+/** The SDK's per-request context, as the pipeline sees it (server/request.ts). */
+function requestContext(
+  server: Server,
+  extra: RequestHandlerExtra<ServerRequest, ServerNotification>,
+): RequestContext {
+  const token = extra._meta?.progressToken;
+  const canElicit = server.getClientCapabilities()?.elicitation !== undefined;
   return {
-    type: 'object',
-    anyOf: [jsonSchema(schema, 'output'), jsonSchema(ErrorContent, 'output')],
+    signal: extra.signal,
+    ...(extra.authInfo ? { authInfo: extra.authInfo } : {}),
+    ...(canElicit
+      ? {
+          elicit: (params, { signal, timeoutMs }) =>
+            server.elicitInput(params, { signal, timeout: timeoutMs }),
+        }
+      : {}),
+    ...(token !== undefined
+      ? {
+          progress: (progress, message) =>
+            extra.sendNotification({
+              method: 'notifications/progress',
+              params: { progressToken: token, progress, message },
+            }),
+        }
+      : {}),
   };
-}
-
-export function listTools(rt: Pick<Runtime, 'tools'>): Tool[] {
-  // Meta tools first: an agent reading the list meets list_targets and explain before the rest.
-  return [...Object.values(META_TOOLS), ...rt.tools.values()].map((t) => ({
-    name: t.name,
-    title: t.title,
-    description: t.description,
-    inputSchema: jsonSchema(t.inputSchema, 'input'),
-    outputSchema: outputSchema(t.outputSchema),
-    annotations: { title: t.title, ...t.annotations },
-  }));
 }

@@ -11,6 +11,7 @@ import type { Identity } from './identity/identity.js';
 import { log } from './kernel/log.js';
 import { explainCall, listTargets, META_TOOLS } from './meta-tools.js';
 import { fence, renderRows, renderText } from './render.js';
+import type { RequestContext } from './request.js';
 import type { Runtime } from './runtime.js';
 import type { Session } from './session.js';
 
@@ -58,6 +59,7 @@ export async function handleToolCall(
   session: Session,
   tool: string,
   args: unknown,
+  req: RequestContext,
 ): Promise<CallToolResult> {
   // Bounded before anything is written: every line this call leaves holds these forms.
   const sent = boundCall(tool, args);
@@ -73,7 +75,7 @@ export async function handleToolCall(
   let failure: GovernanceError | undefined;
   try {
     call.identity = await authenticate(rt, session);
-    result = await governed(rt, session, call);
+    result = await governed(rt, session, call, req);
   } catch (err) {
     failure = toGovernanceError(err);
     if (failure.code === 'INTERNAL' || failure.cause) {
@@ -118,7 +120,12 @@ async function authenticate(rt: Runtime, session: Session): Promise<Identity> {
   return identity;
 }
 
-async function governed(rt: Runtime, session: Session, call: Call): Promise<CallToolResult> {
+async function governed(
+  rt: Runtime,
+  session: Session,
+  call: Call,
+  req: RequestContext,
+): Promise<CallToolResult> {
   const identity = call.identity!;
   const principal: Principal = {
     sub: identity.sub,
@@ -181,7 +188,7 @@ async function governed(rt: Runtime, session: Session, call: Call): Promise<Call
   if (call.description.refusal) {
     throw new GovernanceError('INVALID_INPUT', call.description.refusal);
   }
-  const output = await execute(rt, tool, call);
+  const output = await execute(rt, tool, call, req.signal);
   return maskAndRender(rt, call, output);
 }
 
@@ -189,6 +196,7 @@ async function execute(
   rt: Runtime,
   tool: GovernedTool<unknown, unknown>,
   call: Call,
+  signal: AbortSignal,
 ): Promise<ToolOutput> {
   const description = call.description!;
   const target = rt.config.targets[description.target];
@@ -200,11 +208,10 @@ async function execute(
   }
   const { resolved, secrets } = await rt.resolveTarget(target);
   call.secrets = secrets;
-  const controller = new AbortController();
   call.output = await tool.execute(call.input, {
     target: resolved,
     limits: call.decision!.limits,
-    signal: controller.signal,
+    signal,
     description,
   });
   return call.output;
