@@ -70,7 +70,11 @@ describe('config', () => {
   });
 
   it.each([
-    ['an unknown key', `${base}  audiance: x\n`, /identity: Unrecognized key: "audiance"/],
+    [
+      'an unknown key',
+      `${base}  groupClaim: x\n`,
+      /gatehouse.yaml:4:3: identity: unknown key "groupClaim" \(did you mean "groupsClaim"\?\)/,
+    ],
     [
       'no issuer at all',
       `identity:\n  audience: x\n`,
