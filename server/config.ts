@@ -5,90 +5,12 @@ import { resolvePath } from './kernel/paths.js';
 import { SecretRef } from './kernel/secrets.js';
 import { Duration } from './kernel/units.js';
 import { loadYamlFile } from './kernel/yaml.js';
+import { IdentitySchema } from './identity/config.js';
 
 /**
  * gatehouse.yaml (CONTRACT section 2). Parsed once at start with zod, strict everywhere
  * (a typo in a key is an error, not a silently ignored setting), then frozen.
  */
-
-const ALGORITHMS = [
-  'RS256',
-  'RS384',
-  'RS512',
-  'PS256',
-  'PS384',
-  'PS512',
-  'ES256',
-  'ES384',
-  'ES512',
-  'EdDSA',
-  'HS256',
-  'HS384',
-  'HS512',
-] as const;
-
-/**
- * `identity.groupsSeparator`: how a string groups claim is split (absent: never split, the
- * string is one group). A letter or digit would cut group names apart, so it must have a
- * character that is neither. The verifier checks the same schema.
- */
-export const GroupsSeparator = z
-  .string({ error: 'expected a string such as "," or " "' })
-  .min(1, 'must not be empty')
-  .max(8, 'at most 8 characters')
-  .refine((s) => !/^[\p{L}\p{N}]+$/u.test(s), 'must not be made of letters or digits only');
-
-const Identity = z
-  .strictObject({
-    issuer: z.string().min(1).optional(),
-    audience: z.string().min(1).default('gatehouse'),
-    jwks: z.string().min(1).optional(),
-    algorithms: z
-      .array(
-        z.enum(ALGORITHMS, {
-          error: (issue) =>
-            String(issue.input).toLowerCase() === 'none'
-              ? "algorithm 'none' is never accepted"
-              : `unsupported algorithm ${JSON.stringify(issue.input)}`,
-        }),
-      )
-      .min(1)
-      .default(['RS256', 'ES256', 'EdDSA']),
-    hmacSecret: SecretRef.optional(),
-    groupsClaim: z.string().min(1).default('groups'),
-    groupsSeparator: GroupsSeparator.optional(),
-    clockToleranceSec: z.number().int().min(0).max(300).default(30),
-    devIssuer: z
-      .strictObject({
-        keyFile: z.string().min(1),
-        issuer: z.string().min(1).default('urn:gatehouse:dev'),
-      })
-      .optional(),
-  })
-  .superRefine((id, ctx) => {
-    if (!id.issuer && !id.devIssuer) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['issuer'],
-        message: 'required unless only devIssuer is used',
-      });
-    }
-    if (id.issuer && !id.jwks) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['jwks'],
-        message: 'required when issuer is set (URL or file of a JWKS)',
-      });
-    }
-    const hs = id.algorithms.filter((a) => a.startsWith('HS'));
-    if (hs.length > 0 && !id.hmacSecret) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['algorithms'],
-        message: `${hs.join(', ')} listed without identity.hmacSecret`,
-      });
-    }
-  });
 
 const TargetName = z
   .string()
@@ -146,7 +68,7 @@ export type KubernetesTargetConfig = z.infer<typeof KubernetesTarget> & { name: 
 export type TargetConfig = PostgresTargetConfig | SshTargetConfig | KubernetesTargetConfig;
 
 export const ConfigSchema = z.strictObject({
-  identity: Identity,
+  identity: IdentitySchema,
   targets: z.record(TargetName, Target).default({}),
   policies: z.array(z.string().min(1)).default(['./policies/*.yaml']),
   audit: z

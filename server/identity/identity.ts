@@ -13,7 +13,7 @@ import {
   type JWTVerifyGetKey,
   type JWTVerifyOptions,
 } from 'jose';
-import { GroupsSeparator } from '../config.js';
+import { VerifierConfigSchema } from './config.js';
 import { DEV_GROUPS_CLAIM, loadDevIssuer } from './dev-issuer.js';
 import { ConfigError, GovernanceError } from '../kernel/errors.js';
 import { log } from '../kernel/log.js';
@@ -25,6 +25,11 @@ import { log } from '../kernel/log.js';
  * when HS* is listed) and, when configured, the local dev issuer's own public key.
  */
 
+/**
+ * What createVerifier takes (the `identity:` section once loaded). Checked at creation with
+ * the rules gatehouse.yaml is checked with (./config.ts), so `policy check` and `serve`
+ * accept and refuse the same configurations.
+ */
 export interface IdentityConfig {
   issuer?: string;
   audience: string;
@@ -71,8 +76,6 @@ const REMOTE_CACHE_MAX_AGE_MS = 10 * 60_000;
  */
 const VERIFIED_REUSE_MS = 30_000;
 const VERIFIED_CACHE_MAX = 256;
-/** RFC 7518 3.2: an HMAC key at least as long as the hash output (brute force). */
-const MIN_HMAC_SECRET_BYTES = 32;
 
 /**
  * Header members that name a key by value or by reference. Trusting any of them lets the
@@ -101,8 +104,8 @@ class KeysUnavailable extends Error {
   }
 }
 
-export async function createVerifier(cfg: IdentityConfig): Promise<Verifier> {
-  checkConfig(cfg);
+export async function createVerifier(config: IdentityConfig): Promise<Verifier> {
+  const cfg = checkConfig(config);
   const routes = new Map<string, Route>();
 
   if (cfg.issuer !== undefined) {
@@ -182,43 +185,13 @@ export async function createVerifier(cfg: IdentityConfig): Promise<Verifier> {
   };
 }
 
-function checkConfig(cfg: IdentityConfig): void {
-  const fail = (msg: string): never => {
-    throw new ConfigError(msg);
-  };
-  if (cfg.algorithms.length === 0) fail('identity.algorithms: at least one algorithm is required');
-  // alg none means "no signature": a verifier that lists it accepts anything.
-  if (cfg.algorithms.some((a) => a.toLowerCase() === 'none')) {
-    fail("identity.algorithms: 'none' is never accepted");
-  }
-  const hmac = cfg.algorithms.filter((a) => HMAC_ALG.test(a));
-  if (hmac.length > 0) {
-    if (cfg.hmacSecret === undefined || cfg.hmacSecret === '') {
-      fail(`identity.algorithms: ${hmac.join(', ')} needs identity.hmacSecret`);
-    } else if (Buffer.byteLength(cfg.hmacSecret) < MIN_HMAC_SECRET_BYTES) {
-      fail(`identity.hmacSecret: must be at least ${MIN_HMAC_SECRET_BYTES} bytes`);
-    }
-  }
-  if (typeof cfg.audience !== 'string' || cfg.audience === '') {
-    fail('identity.audience: required');
-  }
-  if (cfg.groupsSeparator !== undefined) {
-    const sep = GroupsSeparator.safeParse(cfg.groupsSeparator);
-    if (!sep.success) fail(`identity.groupsSeparator: ${sep.error.issues[0]!.message}`);
-  }
-  if (cfg.issuer === undefined && cfg.devIssuer === undefined) {
-    fail('identity.issuer: required unless identity.devIssuer is configured');
-  }
-  if (cfg.issuer !== undefined) {
-    if (cfg.jwks === undefined && hmac.length === 0) {
-      fail('identity.jwks: required with identity.issuer');
-    }
-    if (cfg.devIssuer !== undefined && cfg.devIssuer.issuer === cfg.issuer) {
-      fail('identity.devIssuer.issuer: must differ from identity.issuer');
-    }
-  } else if (cfg.jwks !== undefined) {
-    fail('identity.issuer: required with identity.jwks');
-  }
+function checkConfig(cfg: IdentityConfig): IdentityConfig {
+  const result = VerifierConfigSchema.safeParse(cfg);
+  if (result.success) return result.data;
+  const issues = result.error.issues.map(
+    (issue) => `${['identity', ...issue.path.map(String)].join('.')}: ${issue.message}`,
+  );
+  throw new ConfigError(issues[0]!, issues);
 }
 
 /** The configured issuer's key function: HMAC secret for HS*, the JWKS for everything else. */

@@ -14,7 +14,10 @@ import {
   type JWTPayload,
 } from 'jose';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { stringify } from 'yaml';
+import { loadConfig } from '../../server/config.js';
 import { loadDevIssuer } from '../../server/identity/dev-issuer.js';
+import { resolveSecret } from '../../server/kernel/secrets.js';
 import { ConfigError, GovernanceError } from '../../server/kernel/errors.js';
 import {
   createVerifier,
@@ -427,6 +430,141 @@ describe('config checks', () => {
     const path = tmpPath('bad.json');
     await writeFile(path, '{ nope');
     await expect(createVerifier(config({ jwks: path }))).rejects.toBeInstanceOf(ConfigError);
+  });
+});
+
+/**
+ * Issue #7 item 7: one set of identity rules. `policy check` (loadConfig) and `serve`
+ * (createVerifier, fed the way the runtime feeds it) accept and refuse the same sections.
+ */
+describe('loadConfig and createVerifier agree on identity', () => {
+  const HMAC_ENV = 'GH_UNIT_IDENTITY_HMAC';
+  const secret = 'an HMAC secret long enough for HS256, 32+ bytes';
+  let cfgDir: string;
+  let seq = 0;
+  beforeAll(async () => {
+    cfgDir = await mkdtemp(join(tmpdir(), 'gatehouse-identity-cfg-'));
+    await writeJwks([(await makeKey('EdDSA', 'k')).publicJwk], join(cfgDir, 'jwks.json'));
+    process.env[HMAC_ENV] = secret;
+  });
+  afterAll(async () => {
+    delete process.env[HMAC_ENV];
+    await rm(cfgDir, { recursive: true, force: true });
+  });
+
+  const hmacSecret = { env: HMAC_ENV };
+  const dev = { keyFile: 'dev-issuer.json' };
+  it.each<[string, Record<string, unknown>, boolean]>([
+    [
+      'an HS-only issuer with hmacSecret, no jwks',
+      { issuer: ISS, algorithms: ['HS256'], hmacSecret },
+      true,
+    ],
+    [
+      'an HS384/HS512 issuer with hmacSecret, no jwks',
+      { issuer: ISS, algorithms: ['HS384', 'HS512'], hmacSecret },
+      true,
+    ],
+    [
+      'an issuer with HS256 and RS256 but no jwks',
+      { issuer: ISS, algorithms: ['HS256', 'RS256'], hmacSecret },
+      false,
+    ],
+    ['an issuer with the default (asymmetric) algorithms and no jwks', { issuer: ISS }, false],
+    ['an issuer with a jwks file', { issuer: ISS, jwks: 'jwks.json' }, true],
+    [
+      'an issuer with a jwks URL',
+      { issuer: ISS, jwks: 'https://idp.test.example/jwks.json' },
+      true,
+    ],
+    ['a jwks URL that is not a URL', { issuer: ISS, jwks: 'https://[idp/jwks.json' }, false],
+    [
+      'an issuer with HS256, RS256, a jwks and hmacSecret',
+      { issuer: ISS, jwks: 'jwks.json', algorithms: ['RS256', 'HS256'], hmacSecret },
+      true,
+    ],
+    ['HS256 without hmacSecret', { issuer: ISS, jwks: 'jwks.json', algorithms: ['HS256'] }, false],
+    ["alg 'none'", { issuer: ISS, jwks: 'jwks.json', algorithms: ['EdDSA', 'none'] }, false],
+    ['an unsupported algorithm', { issuer: ISS, jwks: 'jwks.json', algorithms: ['HS1024'] }, false],
+    ['no algorithms', { issuer: ISS, jwks: 'jwks.json', algorithms: [] }, false],
+    ['only a dev issuer', { devIssuer: dev }, true],
+    ['a jwks without an issuer', { devIssuer: dev, jwks: 'jwks.json' }, false],
+    [
+      'a dev issuer named like the issuer',
+      { issuer: ISS, jwks: 'jwks.json', devIssuer: { ...dev, issuer: ISS } },
+      false,
+    ],
+    ['neither issuer nor dev issuer', {}, false],
+    ['a clock tolerance over 300 s', { devIssuer: dev, clockToleranceSec: 301 }, false],
+    ['an empty audience', { devIssuer: dev, audience: '' }, false],
+    ['a groupsSeparator of letters', { devIssuer: dev, groupsSeparator: 'or' }, false],
+  ])('%s', async (_name, section, accepted) => {
+    const file = join(cfgDir, `gatehouse-${++seq}.yaml`);
+    await writeFile(file, stringify({ identity: section, policies: [] }));
+    const outcome = (p: Promise<unknown>): Promise<boolean> =>
+      p.then(
+        () => true,
+        (err: unknown) => {
+          if (err instanceof ConfigError) return false;
+          throw err;
+        },
+      );
+
+    // The `policy check` path.
+    const loaded = await loadConfig(file).catch((err: unknown) => err);
+    expect(!(loaded instanceof Error), String(loaded)).toBe(accepted);
+    // The `serve` path, fed from the section itself (with the config file's defaults and
+    // paths resolved), whatever loadConfig said.
+    const raw = section as Partial<IdentityConfig> & {
+      devIssuer?: { keyFile: string; issuer?: string };
+    };
+    const fromSection: IdentityConfig = {
+      audience: 'gatehouse',
+      algorithms: ['RS256', 'ES256', 'EdDSA'],
+      groupsClaim: 'groups',
+      clockToleranceSec: 30,
+      ...raw,
+      ...(raw.jwks && !raw.jwks.startsWith('http') ? { jwks: join(cfgDir, raw.jwks) } : {}),
+      ...(raw.hmacSecret ? { hmacSecret: secret } : {}),
+      ...(raw.devIssuer
+        ? {
+            devIssuer: {
+              keyFile: join(cfgDir, raw.devIssuer.keyFile),
+              issuer: raw.devIssuer.issuer ?? 'urn:gatehouse:dev',
+            },
+          }
+        : {}),
+    };
+    expect(await outcome(createVerifier(fromSection))).toBe(accepted);
+    if (loaded instanceof Error) return;
+    // And from what loadConfig produced, as the runtime builds it.
+    const id = (loaded as Awaited<ReturnType<typeof loadConfig>>).identity;
+    const fromConfig: IdentityConfig = {
+      ...(id.issuer ? { issuer: id.issuer } : {}),
+      audience: id.audience,
+      ...(id.jwks ? { jwks: id.jwks } : {}),
+      algorithms: [...id.algorithms],
+      ...(id.hmacSecret ? { hmacSecret: await resolveSecret(id.hmacSecret, cfgDir, 'hmac') } : {}),
+      groupsClaim: id.groupsClaim,
+      ...(id.groupsSeparator !== undefined ? { groupsSeparator: id.groupsSeparator } : {}),
+      clockToleranceSec: id.clockToleranceSec,
+      ...(id.devIssuer ? { devIssuer: id.devIssuer } : {}),
+    };
+    expect(await outcome(createVerifier(fromConfig))).toBe(true);
+  });
+
+  it('an HS-only issuer verifies HS256 tokens with no JWKS at all', async () => {
+    const v = await createVerifier(config({ algorithms: ['HS256'], hmacSecret: secret }));
+    const token = await new SignJWT({ iss: ISS, aud: AUD, sub: 'alice', exp: now() + 300 })
+      .setProtectedHeader({ alg: 'HS256' })
+      .sign(new TextEncoder().encode(secret));
+    await expectAccepted(v, token);
+  });
+
+  it('the verifier names the key path, like the config file does', async () => {
+    await expect(
+      createVerifier(config({ algorithms: ['HS256', 'RS256'], hmacSecret: secret })),
+    ).rejects.toThrow(/^identity\.jwks: required when issuer is set with RS256/);
   });
 });
 
