@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { PGlite } from '@electric-sql/pglite';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
@@ -86,6 +86,10 @@ export async function startDemoDatabase(opts: DemoDbOptions = {}): Promise<DemoD
     'demo database started',
   );
 
+  // PGlite checks no password, but the gateway resolves and scrubs this one as it would a real
+  // server's. A common word here ("demo") was scrubbed out of every result that named the
+  // target: `demo-db` read as `[secret]-db`. 24 random URL-safe characters occur nowhere else.
+  const password = randomBytes(18).toString('base64url');
   let stopping: Promise<void> | undefined;
   const running = server;
   return {
@@ -94,7 +98,7 @@ export async function startDemoDatabase(opts: DemoDbOptions = {}): Promise<DemoD
     // PGlite has the one database 'postgres' and ignores the name a client asks for.
     database: 'postgres',
     user: ROLE,
-    password: ROLE,
+    password,
     stop() {
       stopping ??= (async () => {
         try {

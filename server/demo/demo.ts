@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { stringify } from 'yaml';
@@ -22,8 +21,8 @@ export async function runDemo(opts: { dir?: string } = {}): Promise<number> {
   const db = await startDemoDatabase({ port: 0 });
   try {
     // PGlite ignores passwords, but the gateway still resolves one the way it would for a real
-    // server: from a reference, never from the config text.
-    process.env.GATEHOUSE_DEMO_DB_PASSWORD = db.password || randomBytes(8).toString('hex');
+    // server: from a reference, never from the config text. It is random per run (demo-db.ts).
+    process.env.GATEHOUSE_DEMO_DB_PASSWORD = db.password;
     const configFile = path.join(dir, 'gatehouse.yaml');
     const policyFile = path.join(packageRoot(), 'policies', 'examples', 'demo.yaml');
     await writeFile(

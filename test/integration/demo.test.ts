@@ -75,6 +75,11 @@ describe('gatehouse demo', () => {
     expect(r.isError, JSON.stringify(r.content)).toBeFalsy();
     const { rows } = r.structuredContent as { rows: string[][] };
     expect(rows).toHaveLength(5);
+    // The target's name is not mistaken for a secret: the demo database password is random,
+    // not a word such as "demo" that the output scrubbing would rewrite everywhere.
+    const text = (r.content[0] as { text: string }).text;
+    expect(text).toContain('demo-db');
+    expect(JSON.stringify(r)).not.toContain('[secret]');
     for (const [, email, card] of rows) {
       expect(email).not.toMatch(/^[^*\s]+@/); // the local part is hidden
       expect(card).not.toMatch(/\d{12}/);
