@@ -155,21 +155,25 @@ export class PolicyEngine {
     };
   }
 
-  /** Operations this principal may use on a target with a tool (for list_targets). */
+  /**
+   * Operations this principal may use on a target with a tool, and whether each needs an
+   * approval (list_targets). Asked per operation with no tags: a rule that denies only some
+   * statements of an operation (`tags: [unbounded]`) still leaves the operation listed.
+   */
   allowedOperations(
     principal: Principal,
     tool: string,
     target: string,
     candidates: readonly string[],
-  ): string[] {
-    return candidates.filter((operation) => {
+  ): Array<{ operation: string; effect: 'allow' | 'approve' }> {
+    return candidates.flatMap((operation) => {
       const d = this.decide({
         principal,
         tool,
         target,
         parts: [{ operation, tags: [], reason: operation }],
       });
-      return d.effect !== 'deny';
+      return d.effect === 'deny' ? [] : [{ operation, effect: d.effect }];
     });
   }
 }

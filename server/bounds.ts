@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { wellFormed } from '../recordings/canonical.js';
+import { head, wellFormed } from './kernel/text.js';
 
 /**
  * Bounds on what a caller can make the gateway write. Every tool call leaves an audit
@@ -40,15 +40,6 @@ export function digestOf(s: string): Digest {
     bytes: buf.length,
     preview: head(s, PREVIEW),
   };
-}
-
-/** The first `n` UTF-16 units, never ending in half a surrogate pair, made well-formed. */
-export function head(s: string, n: number): string {
-  if (s.length <= n) return wellFormed(s);
-  let cut = s.slice(0, n);
-  const last = cut.charCodeAt(cut.length - 1);
-  if (last >= 0xd800 && last <= 0xdbff) cut = cut.slice(0, -1);
-  return wellFormed(cut);
 }
 
 /** A name as the evidence shows it: itself when in bounds, else a short digest form. */

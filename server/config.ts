@@ -2,10 +2,10 @@ import path from 'node:path';
 import { z } from 'zod';
 import { deepFreeze } from './kernel/freeze.js';
 import { resolvePath } from './kernel/paths.js';
-import { SecretRef } from './kernel/secrets.js';
-import { Duration } from './kernel/units.js';
 import { loadYamlFile } from './kernel/yaml.js';
 import { IdentitySchema } from './identity/config.js';
+import type { TargetKind } from '../tools/kind.js';
+import { TARGET_KINDS, type PostgresTargetConfig, type TargetConfig } from '../tools/kinds.js';
 
 /**
  * gatehouse.yaml (CONTRACT section 2). Parsed once at start with zod, strict everywhere
@@ -16,72 +16,37 @@ const TargetName = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'target names are letters, digits, . _ -');
 
-const PostgresTarget = z.strictObject({
-  kind: z.literal('postgres'),
-  description: z.string().optional(),
-  host: z.string().min(1),
-  port: z.number().int().min(1).max(65535).default(5432),
-  database: z.string().min(1),
-  user: z.string().min(1),
-  password: SecretRef.optional(),
-  ssl: z.enum(['disable', 'require', 'verify-full']).default('disable'),
-  sslCa: z.strictObject({ file: z.string().min(1) }).optional(),
-  poolSize: z.number().int().min(1).max(100).default(4),
-  connectTimeout: Duration.default(5_000),
-  // Objects defined in the database that a statement may reach and still be a read:
-  // `schema.name` (a function, operator, type or relation) or `extension:NAME`.
-  trusted: z
-    .array(
-      z
-        .string()
-        .regex(
-          /^(extension:[^\s]+|[^\s.]+\.[^\s]+)$/,
-          'trusted entries are schema.name or extension:NAME',
-        ),
-    )
-    .default([]),
-});
+/**
+ * One target entry: the kinds' own schemas (tools/kinds.ts), told apart by `kind`. The union
+ * is built from the list, so a new kind needs no line here.
+ */
+function targetSchema(kinds: readonly TargetKind[]) {
+  const [first, ...rest] = kinds.map((k) => k.configSchema);
+  if (!first) throw new Error('no target kinds');
+  return z.discriminatedUnion('kind', [first, ...rest]);
+}
 
-const SshTarget = z.strictObject({
-  kind: z.literal('ssh'),
-  description: z.string().optional(),
-  host: z.string().min(1),
-  port: z.number().int().min(1).max(65535).default(22),
-  user: z.string().min(1),
-  privateKey: SecretRef,
-  hostKey: z
-    .string()
-    .regex(/^(ssh-|ecdsa-)\S+ \S+/, 'hostKey is a public key line such as "ssh-ed25519 AAAA..."'),
-});
+export type { TargetConfig, PostgresTargetConfig };
 
-const KubernetesTarget = z.strictObject({
-  kind: z.literal('kubernetes'),
-  description: z.string().optional(),
-  kubeconfig: SecretRef,
-  context: z.string().min(1).optional(),
-});
+function configSchema(kinds: readonly TargetKind[]) {
+  return z.strictObject({
+    identity: IdentitySchema,
+    targets: z.record(TargetName, targetSchema(kinds)).default({}),
+    policies: z.array(z.string().min(1)).default(['./policies/*.yaml']),
+    audit: z
+      .strictObject({ file: z.string().min(1).default('.gatehouse/audit.jsonl') })
+      .default({ file: '.gatehouse/audit.jsonl' }),
+    recordings: z
+      .strictObject({ dir: z.string().min(1).default('.gatehouse/recordings') })
+      .default({ dir: '.gatehouse/recordings' }),
+    state: z
+      .strictObject({ file: z.string().min(1).default('.gatehouse/state.json') })
+      .default({ file: '.gatehouse/state.json' }),
+  });
+}
 
-const Target = z.discriminatedUnion('kind', [PostgresTarget, SshTarget, KubernetesTarget]);
-export type PostgresTargetConfig = z.infer<typeof PostgresTarget> & { name: string };
-export type SshTargetConfig = z.infer<typeof SshTarget> & { name: string };
-export type KubernetesTargetConfig = z.infer<typeof KubernetesTarget> & { name: string };
-export type TargetConfig = PostgresTargetConfig | SshTargetConfig | KubernetesTargetConfig;
-
-export const ConfigSchema = z.strictObject({
-  identity: IdentitySchema,
-  targets: z.record(TargetName, Target).default({}),
-  policies: z.array(z.string().min(1)).default(['./policies/*.yaml']),
-  audit: z
-    .strictObject({ file: z.string().min(1).default('.gatehouse/audit.jsonl') })
-    .default({ file: '.gatehouse/audit.jsonl' }),
-  recordings: z
-    .strictObject({ dir: z.string().min(1).default('.gatehouse/recordings') })
-    .default({ dir: '.gatehouse/recordings' }),
-  state: z
-    .strictObject({ file: z.string().min(1).default('.gatehouse/state.json') })
-    .default({ file: '.gatehouse/state.json' }),
-});
-
+/** The schema of gatehouse.yaml with the kinds this release serves. */
+export const ConfigSchema = configSchema(TARGET_KINDS);
 type RawConfig = z.output<typeof ConfigSchema>;
 
 export interface GatehouseConfig {
@@ -96,13 +61,25 @@ export interface GatehouseConfig {
   readonly state: { readonly file: string };
 }
 
-export async function loadConfig(file: string): Promise<GatehouseConfig> {
+/**
+ * Load gatehouse.yaml. `kinds` is the list of target kinds (tests add a kind of their own to
+ * prove the seam); each target is checked by its kind's schema.
+ */
+export async function loadConfig(
+  file: string,
+  kinds: readonly TargetKind[] = TARGET_KINDS,
+): Promise<GatehouseConfig> {
   const abs = path.resolve(file);
   const dir = path.dirname(abs);
-  const { value } = await loadYamlFile(abs, ConfigSchema);
+  const { value } = await loadYamlFile(
+    abs,
+    kinds === TARGET_KINDS ? ConfigSchema : configSchema(kinds),
+  );
   const targets: Record<string, TargetConfig> = {};
-  for (const [name, t] of Object.entries(value.targets))
-    targets[name] = Object.freeze({ ...t, name });
+  for (const [name, t] of Object.entries(value.targets)) {
+    // The entry passed its kind's own schema: it is that kind's config, named.
+    targets[name] = Object.freeze({ ...t, name } as TargetConfig);
+  }
   const identity = {
     ...value.identity,
     jwks:

@@ -1,15 +1,20 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import type { z } from 'zod';
-import { DEFAULT_LIMITS, type Decision, type Principal } from '../policies/engine.js';
+import type { Decision, Principal } from '../policies/engine.js';
 import type { AuditRecord } from '../recordings/audit.js';
 import { SessionRecorder } from '../recordings/session.js';
-import type { CallDescription, GovernedTool, ToolOutput } from '../tools/types.js';
-import { boundCall, head, wellFormedDeep, type BoundedCall } from './bounds.js';
-import { GovernanceError, toGovernanceError } from './kernel/errors.js';
+import type {
+  DescribedCall,
+  OpenCall,
+  ParsedCall,
+  RegisteredTool,
+  ToolOutput,
+} from '../tools/types.js';
+import { boundCall, wellFormedDeep, type BoundedCall } from './bounds.js';
 import type { Identity } from './identity/identity.js';
+import { GovernanceError, toGovernanceError } from './kernel/errors.js';
 import { log } from './kernel/log.js';
-import { explainCall, listTargets, META_TOOLS } from './meta-tools.js';
+import { head } from './kernel/text.js';
 import { fence, renderRows, renderText } from './render.js';
 import type { RequestContext } from './request.js';
 import type { Runtime } from './runtime.js';
@@ -18,12 +23,14 @@ import type { Session } from './session.js';
 /**
  * The governed call, as a fixed chain of typed stages:
  *
- *   authenticate -> parse input -> decide -> (approve) -> execute -> mask -> render
+ *   authenticate -> parse -> describe -> decide -> approve -> connect -> execute -> mask -> render
  *
- * and, in `finally`, the audit outcome line and the session recording. A stage either returns
- * the context widened with its own field or throws a GovernanceError. If an audit write fails
- * the call fails (fail closed): nothing executes without its decision on record, and no
- * result is returned without its outcome on record.
+ * and, in `finally`, the audit outcome line and the session recording. Each stage takes the
+ * call context and returns it widened with its own field, or throws a GovernanceError; the
+ * runner (`handleToolCall`) keeps the furthest context reached, which is what the audit and
+ * the recording then say. If an audit write fails the call fails (fail closed): nothing
+ * executes without its decision on record, and no result is returned without its outcome on
+ * record.
  */
 
 /**
@@ -34,25 +41,71 @@ import type { Session } from './session.js';
  */
 const NOT_YET_DURABLE = { durable: false } as const;
 
-/** Tools of the contract that later releases add: refused by name, not as unknown. */
-const LATER_TOOLS = new Set(['ssh_exec', 'kubectl']);
-
-interface Call {
-  callId: string;
-  /** The tool name as sent when it is within bounds, else its bounded form (server/bounds.ts). */
-  tool: string;
-  args: unknown;
+/** What every stage has: the call as it arrived, bounded for the evidence. */
+interface Received {
+  readonly stage: 'received';
+  readonly rt: Runtime;
+  readonly session: Session;
+  readonly req: RequestContext;
+  readonly callId: string;
+  readonly started: number;
+  readonly args: unknown;
   /** What the evidence keeps of the call before its input parses: bounded, well-formed. */
-  sent: BoundedCall;
-  started: number;
-  identity?: Identity;
-  input?: unknown;
-  description?: CallDescription;
-  decision?: Decision;
-  output?: ToolOutput;
-  masked?: Record<string, number>;
-  secrets: string[];
+  readonly sent: BoundedCall;
 }
+interface Authenticated extends Omit<Received, 'stage'> {
+  readonly stage: 'authenticated';
+  readonly identity: Identity;
+  readonly principal: Principal;
+}
+interface Parsed extends Omit<Authenticated, 'stage'> {
+  readonly stage: 'parsed';
+  readonly tool: RegisteredTool;
+  readonly parsed: ParsedCall;
+}
+interface Described extends Omit<Parsed, 'stage'> {
+  readonly stage: 'described';
+  readonly described: DescribedCall;
+}
+/** From here on the decision line is on record. */
+interface Decided extends Omit<Described, 'stage'> {
+  readonly stage: 'decided';
+  readonly decision: Decision;
+}
+interface Approved extends Omit<Decided, 'stage'> {
+  readonly stage: 'approved';
+}
+/** From here on the target's credentials are known, and scrubbed from whatever comes back. */
+interface Connected extends Omit<Approved, 'stage'> {
+  readonly stage: 'connected';
+  readonly open: OpenCall;
+}
+interface Executed extends Omit<Connected, 'stage'> {
+  readonly stage: 'executed';
+  readonly output: ToolOutput;
+}
+interface Masked extends Omit<Executed, 'stage'> {
+  readonly stage: 'masked';
+  /** The output as the agent may see it. */
+  readonly shown: ToolOutput;
+  readonly masked: Record<string, number>;
+}
+interface Rendered extends Omit<Masked, 'stage'> {
+  readonly stage: 'rendered';
+  readonly result: CallToolResult;
+}
+
+type Reached =
+  | Received
+  | Authenticated
+  | Parsed
+  | Described
+  | Decided
+  | Approved
+  | Connected
+  | Executed
+  | Masked
+  | Rendered;
 
 export async function handleToolCall(
   rt: Runtime,
@@ -62,39 +115,52 @@ export async function handleToolCall(
   req: RequestContext,
 ): Promise<CallToolResult> {
   // Bounded before anything is written: every line this call leaves holds these forms.
-  const sent = boundCall(tool, args);
-  const call: Call = {
+  const received: Received = {
+    stage: 'received',
+    rt,
+    session,
+    req,
     callId: randomUUID(),
-    tool: sent.tool,
-    args,
-    sent,
     started: Date.now(),
-    secrets: [],
+    args,
+    sent: boundCall(tool, args),
+  };
+  let reached: Reached = received;
+  const step = <T extends Reached>(next: T): T => {
+    reached = next;
+    return next;
   };
   let result: CallToolResult;
   let failure: GovernanceError | undefined;
   try {
-    call.identity = await authenticate(rt, session);
-    result = await governed(rt, session, call, req);
+    const authenticated = step(await authenticate(received));
+    const parsed = step(parse(authenticated));
+    const described = step(await describe(parsed));
+    const decided = step(await decide(described));
+    const approved = step(await approve(decided));
+    const connected = step(await connect(approved));
+    const executed = step(await execute(connected));
+    const masked = step(mask(executed));
+    result = step(render(masked)).result;
   } catch (err) {
     failure = toGovernanceError(err);
     if (failure.code === 'INTERNAL' || failure.cause) {
       log.warn(
-        { callId: call.callId, tool, code: failure.code, cause: describeCause(failure.cause) },
+        { callId: received.callId, tool, code: failure.code, cause: describeCause(failure.cause) },
         'call failed',
       );
     }
-    result = errorResult(rt, call, failure);
+    result = errorResult(reached, failure);
   }
   try {
-    // A decision line may be missing when the call failed before policy (identity, input).
-    if (!call.decision) {
-      await rt.audit.append(auditRecord(session, call, 'decision', failure), NOT_YET_DURABLE);
+    // A decision line is missing when the call failed before policy (identity, input).
+    if (!hasDecision(reached)) {
+      await rt.audit.append(auditRecord(reached, 'decision', failure), NOT_YET_DURABLE);
     }
-    await rt.audit.append(auditRecord(session, call, 'outcome', failure, result));
+    await rt.audit.append(auditRecord(reached, 'outcome', failure, result));
   } catch (err) {
     log.error(
-      { callId: call.callId, err: describeCause(err) },
+      { callId: received.callId, err: describeCause(err) },
       'audit write failed; refusing the result',
     );
     failure = new GovernanceError(
@@ -102,193 +168,174 @@ export async function handleToolCall(
       'the audit log could not be written; the result is withheld',
       { cause: err },
     );
-    result = errorResult(rt, call, failure);
+    result = errorResult(reached, failure);
   }
-  await record(rt, session, call, result);
+  await record(reached, result);
   return result;
 }
 
-async function authenticate(rt: Runtime, session: Session): Promise<Identity> {
-  const token = session.token();
+function hasDecision(
+  c: Reached,
+): c is Decided | Approved | Connected | Executed | Masked | Rendered {
+  return 'decision' in c;
+}
+
+async function authenticate(c: Received): Promise<Authenticated> {
+  const token = c.session.token();
   if (!token) throw new GovernanceError('UNAUTHENTICATED', 'no token presented');
-  const identity = await rt.verifier.verify(token);
-  if (session.identity && session.identity.sub !== identity.sub) {
+  const identity = await c.rt.verifier.verify(token);
+  if (c.session.identity && c.session.identity.sub !== identity.sub) {
     // One MCP session is one identity: a token for someone else cannot take over a session.
     throw new GovernanceError('UNAUTHENTICATED', 'token subject does not match this session');
   }
-  session.identity ??= identity;
-  return identity;
+  c.session.identity ??= identity;
+  return {
+    ...c,
+    stage: 'authenticated',
+    identity,
+    principal: { sub: identity.sub, groups: identity.groups, claims: identity.claims },
+  };
 }
 
-async function governed(
-  rt: Runtime,
-  session: Session,
-  call: Call,
-  req: RequestContext,
-): Promise<CallToolResult> {
-  const identity = call.identity!;
-  const principal: Principal = {
-    sub: identity.sub,
-    groups: identity.groups,
-    claims: identity.claims,
-  };
-  if (call.sent.problem) throw new GovernanceError('INVALID_INPUT', call.sent.problem);
+function parse(c: Authenticated): Parsed {
+  if (c.sent.problem) throw new GovernanceError('INVALID_INPUT', c.sent.problem);
+  const tool = c.rt.decisions.find(c.sent.tool);
+  return { ...c, stage: 'parsed', tool, parsed: c.rt.decisions.parse(tool, c.args) };
+}
 
-  if (call.tool === META_TOOLS.list_targets.name || call.tool === META_TOOLS.explain.name) {
-    const meta = META_TOOLS[call.tool];
-    call.input = parseInput(meta.inputSchema, call.args);
-    call.decision = builtinDecision(call.tool);
-    await rt.audit.append(auditRecord(session, call, 'decision'), NOT_YET_DURABLE);
-    const structured =
-      call.tool === 'list_targets'
-        ? listTargets(rt, principal)
-        : await explainCall(
-            rt.tools,
-            rt.policies.engine,
-            principal,
-            call.input as { tool: string; input: Record<string, unknown> },
-          );
-    return {
-      content: [{ type: 'text', text: JSON.stringify(structured, null, 2) }],
-      structuredContent: structured,
-    };
-  }
+async function describe(c: Parsed): Promise<Described> {
+  return { ...c, stage: 'described', described: await c.rt.decisions.describe(c.parsed) };
+}
 
-  const tool = rt.tools.get(call.tool);
-  if (!tool) {
-    throw new GovernanceError(
-      'INVALID_INPUT',
-      LATER_TOOLS.has(call.tool)
-        ? `tool ${call.tool} is not available in this release of Gatehouse`
-        : `unknown tool ${JSON.stringify(call.tool)}`,
-    );
-  }
-  call.input = parseInput(tool.inputSchema, call.args);
-  call.description = await tool.describe(call.input);
-  call.decision = rt.policies.engine.decide({
-    principal,
-    tool: tool.name,
-    target: call.description.target,
-    parts: call.description.parts,
-  });
-  await rt.audit.append(auditRecord(session, call, 'decision'), NOT_YET_DURABLE);
-
-  const decision = call.decision;
+/** Policy decides, and the decision goes on record before anything runs. */
+async function decide(c: Described): Promise<Decided> {
+  const decision = c.rt.decisions.decide(c.principal, c.tool, c.described.description);
+  const decided: Decided = { ...c, stage: 'decided', decision };
+  await c.rt.audit.append(auditRecord(decided, 'decision'), NOT_YET_DURABLE);
   if (decision.effect === 'deny') {
     throw new GovernanceError('DENIED', decision.reason, { rule: decision.rule });
   }
-  if (decision.effect === 'approve') {
+  // The tool's own refusal (several statements, an unsupported form), checked here only, once
+  // policy has spoken (the agent learns policy's answer first, as explain shows it) and
+  // before any human is asked to approve a call that could not run.
+  const refusal = c.described.description.refusal;
+  if (refusal) throw new GovernanceError('INVALID_INPUT', refusal);
+  return decided;
+}
+
+/** A human's approval, for rules that ask for one. This release cannot take approvals. */
+async function approve(c: Decided): Promise<Approved> {
+  if (c.decision.effect === 'approve') {
     throw new GovernanceError(
       'APPROVAL_UNAVAILABLE',
-      `rule ${decision.rule} requires approval, and this gateway cannot take approvals yet`,
-      { rule: decision.rule },
+      `rule ${c.decision.rule} requires approval, and this gateway cannot take approvals yet`,
+      { rule: c.decision.rule },
     );
   }
-
-  if (call.description.refusal) {
-    throw new GovernanceError('INVALID_INPUT', call.description.refusal);
-  }
-  const output = await execute(rt, tool, call, req.signal);
-  return maskAndRender(rt, call, output);
+  return { ...c, stage: 'approved' };
 }
 
-async function execute(
-  rt: Runtime,
-  tool: GovernedTool<unknown, unknown>,
-  call: Call,
-  signal: AbortSignal,
-): Promise<ToolOutput> {
-  const description = call.description!;
-  const target = rt.config.targets[description.target];
-  if (!target || target.kind !== tool.targetKind) {
-    throw new GovernanceError(
-      'INVALID_INPUT',
-      `no ${tool.targetKind} target named ${JSON.stringify(description.target)}`,
-    );
-  }
-  const { resolved, secrets } = await rt.resolveTarget(target);
-  call.secrets = secrets;
-  call.output = await tool.execute(call.input, {
-    target: resolved,
-    limits: call.decision!.limits,
-    signal,
-    description,
+async function connect(c: Approved): Promise<Connected> {
+  return { ...c, stage: 'connected', open: await c.described.open() };
+}
+
+async function execute(c: Connected): Promise<Executed> {
+  const output = await c.open.run({
+    limits: c.decision.limits,
+    signal: c.req.signal,
+    principal: c.principal,
   });
-  return call.output;
+  return { ...c, stage: 'executed', output };
 }
 
-function maskAndRender(rt: Runtime, call: Call, output: ToolOutput): CallToolResult {
-  const decision = call.decision!;
-  const masker = rt.maskerFor(decision.mask);
-  const target = call.description!.target;
-  if (output.kind === 'rows') {
-    const masked = masker.maskRows(output.columns, output.rows);
-    call.masked = masked.counts;
-    let rows = masked.value;
-    let truncated = output.truncated;
-    // The byte limit bounds what the agent's context receives, whatever the row count.
-    while (
-      rows.length > 0 &&
-      Buffer.byteLength(JSON.stringify(rows)) > decision.limits.maxOutputBytes
-    ) {
-      rows = rows.slice(0, Math.floor(rows.length / 2));
-      truncated = true;
+/** What the agent may see: the rule's masking profiles over target data, and the byte limit. */
+function mask(c: Executed): Masked {
+  const masker = c.rt.maskerFor(c.decision.mask);
+  const output = c.output;
+  switch (output.kind) {
+    case 'rows': {
+      const masked = masker.maskRows(output.columns, output.rows);
+      let rows = masked.value;
+      let truncated = output.truncated;
+      // The byte limit bounds what the agent's context receives, whatever the row count.
+      while (
+        rows.length > 0 &&
+        Buffer.byteLength(JSON.stringify(rows)) > c.decision.limits.maxOutputBytes
+      ) {
+        rows = rows.slice(0, Math.floor(rows.length / 2));
+        truncated = true;
+      }
+      return {
+        ...c,
+        stage: 'masked',
+        shown: {
+          ...output,
+          rows,
+          truncated,
+          rowCount: output.rowCount === output.rows.length ? rows.length : output.rowCount,
+        },
+        masked: masked.counts,
+      };
     }
-    const structured = {
-      columns: output.columns.map((c) => ({ name: c.name, type: c.type })),
-      rows,
-      rowCount: output.rowCount === output.rows.length ? rows.length : output.rowCount,
-      truncated,
-      operation: output.operation,
-    };
-    return scrubSecrets(call.secrets, {
-      content: [{ type: 'text', text: renderRows(target, structured, fenceNonce()) }],
-      structuredContent: structured,
-    });
+    case 'text': {
+      const structured = { ...output.structured };
+      const counts: Record<string, number> = {};
+      for (const field of output.maskedFields) {
+        const v = structured[field];
+        if (typeof v !== 'string') continue;
+        const m = masker.maskText(v);
+        structured[field] = m.value;
+        for (const [k, n] of Object.entries(m.counts)) counts[k] = (counts[k] ?? 0) + n;
+      }
+      return { ...c, stage: 'masked', shown: { ...output, structured }, masked: counts };
+    }
+    case 'gateway':
+      // The gateway's own answer holds no target data.
+      return { ...c, stage: 'masked', shown: output, masked: {} };
   }
-  const structured = { ...output.structured };
-  const counts: Record<string, number> = {};
-  for (const field of output.maskedFields) {
-    const v = structured[field];
-    if (typeof v !== 'string') continue;
-    const m = masker.maskText(v);
-    structured[field] = m.value;
-    for (const [k, n] of Object.entries(m.counts)) counts[k] = (counts[k] ?? 0) + n;
-  }
-  call.masked = counts;
-  return scrubSecrets(call.secrets, {
-    content: [
-      { type: 'text', text: renderText(target, structured, output.maskedFields, fenceNonce()) },
-    ],
-    structuredContent: structured,
-  });
 }
 
-function parseInput<S extends z.ZodType>(schema: S, args: unknown): z.output<S> {
-  const r = schema.safeParse(args ?? {});
-  if (!r.success) {
-    const detail = r.error.issues
-      .slice(0, 5)
-      .map((i) => `${i.path.length ? i.path.join('.') + ': ' : ''}${i.message}`)
-      .join('; ');
-    // zod quotes unknown keys: the text stays short whatever the caller sent.
-    throw new GovernanceError('INVALID_INPUT', head(detail, 1000));
+function render(c: Masked): Rendered {
+  const target = c.described.description.target ?? 'gatehouse';
+  const shown = c.shown;
+  let result: CallToolResult;
+  switch (shown.kind) {
+    case 'rows': {
+      const structured = {
+        columns: shown.columns.map((col) => ({ name: col.name, type: col.type })),
+        rows: shown.rows,
+        rowCount: shown.rowCount,
+        truncated: shown.truncated,
+        operation: shown.operation,
+      };
+      result = {
+        content: [{ type: 'text', text: renderRows(target, structured, fenceNonce()) }],
+        structuredContent: structured,
+      };
+      break;
+    }
+    case 'text':
+      result = {
+        content: [
+          {
+            type: 'text',
+            text: renderText(target, shown.structured, shown.maskedFields, fenceNonce()),
+          },
+        ],
+        structuredContent: shown.structured,
+      };
+      break;
+    case 'gateway':
+      result = {
+        content: [{ type: 'text', text: JSON.stringify(shown.structured, null, 2) }],
+        structuredContent: shown.structured,
+      };
+      break;
   }
-  return r.data;
+  return { ...c, stage: 'rendered', result: scrubSecrets(c.open.secrets, result) };
 }
 
-function builtinDecision(tool: string): Decision {
-  return {
-    effect: 'allow',
-    rule: 'builtin',
-    reason: `${tool} only reveals what this identity may do`,
-    mask: [],
-    limits: DEFAULT_LIMITS,
-    operation: 'read',
-  };
-}
-
-function errorResult(rt: Runtime, call: Call, err: GovernanceError): CallToolResult {
+function errorResult(c: Reached, err: GovernanceError): CallToolResult {
   let reason = err.message;
   let text =
     err.code === 'DENIED'
@@ -298,8 +345,8 @@ function errorResult(rt: Runtime, call: Call, err: GovernanceError): CallToolRes
     // A target's own error text can quote row values: it passes through masking like a result,
     // and reaches the text only inside a fence (`invalid input syntax for type integer: "…"`
     // quotes a stored value, which can hold a forged fence-close and instructions).
-    const mask = (s: string) =>
-      call.decision ? rt.maskerFor(call.decision.mask).maskText(s).value : s;
+    const masker = hasDecision(c) ? c.rt.maskerFor(c.decision.mask) : undefined;
+    const mask = (s: string) => (masker ? masker.maskText(s).value : s);
     reason = mask(err.message);
     const untrusted = targetText(err);
     if (untrusted !== undefined) {
@@ -307,21 +354,21 @@ function errorResult(rt: Runtime, call: Call, err: GovernanceError): CallToolRes
       const body = boundErrorText(mask(untrusted));
       text = [
         `TARGET_ERROR: ${mask(own)}`,
-        fence(call.description?.target ?? 'the target', body.text, fenceNonce()),
+        fence(targetOf(c) ?? 'the target', body.text, fenceNonce()),
         ...(body.cut ? [body.cut] : []),
       ].join('\n');
     } else {
       text = `TARGET_ERROR: ${reason}`;
     }
   }
-  return scrubSecrets(call.secrets, {
+  return scrubSecrets('open' in c ? c.open.secrets : [], {
     isError: true,
     content: [{ type: 'text', text }],
     structuredContent: {
       code: err.code,
       ...(err.rule ? { rule: err.rule } : {}),
       reason,
-      callId: call.callId,
+      callId: c.callId,
     },
   });
 }
@@ -383,14 +430,18 @@ function fenceNonce(): string {
   return randomBytes(6).toString('hex');
 }
 
+/** The target the call named, once described; else what was sent (bounded). */
+function targetOf(c: Reached): string | null | undefined {
+  return 'described' in c ? c.described.description.target : c.sent.target;
+}
+
 function auditRecord(
-  session: Session,
-  call: Call,
+  c: Reached,
   kind: 'decision' | 'outcome',
   failure?: GovernanceError,
   result?: CallToolResult,
 ): AuditRecord {
-  const d = call.decision;
+  const d = hasDecision(c) ? c.decision : undefined;
   const decision = d
     ? { effect: d.effect, rule: d.rule, reason: d.reason }
     : {
@@ -398,35 +449,40 @@ function auditRecord(
         rule: failure?.code === 'UNAUTHENTICATED' ? 'identity' : 'input',
         reason: head(failure?.message ?? 'refused', 2048),
       };
+  const identity = 'identity' in c ? c.identity : undefined;
   const rec: AuditRecord = {
     kind,
-    callId: call.callId,
-    session: session.id,
-    sub: call.identity?.sub ?? '(unauthenticated)',
-    groups: call.identity ? [...call.identity.groups] : [],
-    tool: call.tool,
-    target: call.description?.target ?? call.sent.target,
+    callId: c.callId,
+    session: c.session.id,
+    sub: identity?.sub ?? '(unauthenticated)',
+    groups: identity ? [...identity.groups] : [],
+    tool: c.sent.tool,
+    target: targetOf(c) ?? null,
     operation: d?.operation ?? null,
     // A call refused before its input parsed is still recorded with what was sent (bounded).
-    input: call.description?.auditInput ?? call.input ?? call.sent.args,
+    input:
+      'described' in c
+        ? c.described.description.auditInput
+        : 'parsed' in c
+          ? c.parsed.input
+          : c.sent.args,
     decision,
     outcome: null,
     masked: null,
   };
   if (kind === 'outcome') {
-    const o = call.output;
+    const o = 'output' in c ? c.output : undefined;
+    const shown = 'shown' in c ? c.shown : undefined;
     rec.outcome = {
       status: result?.isError ? 'error' : 'ok',
-      durationMs: Date.now() - call.started,
+      durationMs: Date.now() - c.started,
       ...(failure ? { code: failure.code } : {}),
-      ...(o?.kind === 'rows' && !result?.isError
-        ? { rows: (result?.structuredContent as { rows: unknown[] }).rows.length }
-        : {}),
+      ...(shown?.kind === 'rows' && !result?.isError ? { rows: shown.rows.length } : {}),
       ...(o?.kind === 'text'
         ? { bytes: o.bytes, ...(o.exitCode !== undefined ? { exitCode: o.exitCode } : {}) }
         : {}),
     };
-    rec.masked = call.masked ?? {};
+    rec.masked = 'masked' in c ? c.masked : {};
   }
   // Canonical JSON (RFC 8785) refuses lone surrogates; a token claim or an input can hold one.
   return wellFormedDeep(rec);
@@ -449,27 +505,21 @@ export async function ensureRecorder(rt: Runtime, session: Session): Promise<voi
   session.recorder = await session.recorderPending;
 }
 
-async function record(
-  rt: Runtime,
-  session: Session,
-  call: Call,
-  result: CallToolResult,
-): Promise<void> {
+async function record(c: Reached, result: CallToolResult): Promise<void> {
   try {
-    await ensureRecorder(rt, session);
-    await session.recorder?.record({
-      callId: call.callId,
-      tool: call.tool,
-      request: call.sent.args,
-      decision: call.decision
-        ? { effect: call.decision.effect, rule: call.decision.rule, reason: call.decision.reason }
-        : null,
+    await ensureRecorder(c.rt, c.session);
+    const d = hasDecision(c) ? c.decision : undefined;
+    await c.session.recorder?.record({
+      callId: c.callId,
+      tool: c.sent.tool,
+      request: c.sent.args,
+      decision: d ? { effect: d.effect, rule: d.rule, reason: d.reason } : null,
       result,
-      durationMs: Date.now() - call.started,
+      durationMs: Date.now() - c.started,
     });
   } catch (err) {
     // The audit log is the record of truth and was written; a recording failure is logged loudly.
-    log.error({ callId: call.callId, err: describeCause(err) }, 'session recording failed');
+    log.error({ callId: c.callId, err: describeCause(err) }, 'session recording failed');
   }
 }
 

@@ -1,26 +1,24 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { resolvePath } from './kernel/paths.js';
-import { resolveSecret } from './kernel/secrets.js';
-import {
-  loadConfig,
-  type GatehouseConfig,
-  type PostgresTargetConfig,
-  type TargetConfig,
-} from './config.js';
-import { GovernanceError } from './kernel/errors.js';
+import { loadConfig, type GatehouseConfig } from './config.js';
+import type { DecisionPoint } from './decide.js';
+import { openGateway, SECRET_MIN_LENGTH } from './gateway.js';
 import { createVerifier, type Verifier } from './identity/identity.js';
+import { ConfigError, GovernanceError } from './kernel/errors.js';
+import { log } from './kernel/log.js';
+import { describeSecretRef, resolveSecret, type SecretRef } from './kernel/secrets.js';
 import { loadPolicies, type PolicySet } from '../policies/load.js';
 import { createMasker, type Masker } from '../policies/masking.js';
 import { AuditLog } from '../recordings/audit.js';
-import { createTools, type ToolRegistry } from '../tools/registry.js';
-import { PostgresPools, type ResolvedPostgresTarget } from '../tools/postgres/pool.js';
+import type { TargetKind } from '../tools/kind.js';
+import { TARGET_KINDS } from '../tools/kinds.js';
+import type { ToolRegistry } from '../tools/registry.js';
 
 /**
  * Everything a running gateway holds, built once at start from the config: the frozen config
- * and policies, the verifier, the audit log (this process is its only writer), the tools and
- * their connection pools.
+ * and policies, the verifier, the audit log (this process is its only writer), and the
+ * gateway (each target kind's tools and connections, and the one decision point).
  */
 export interface Runtime {
   readonly config: GatehouseConfig;
@@ -28,22 +26,32 @@ export interface Runtime {
   readonly verifier: Verifier;
   readonly audit: AuditLog;
   readonly tools: ToolRegistry;
-  /** Resolve a target's credentials for one call. Returns the secrets used, for output scrubbing. */
-  resolveTarget(target: TargetConfig): Promise<{ resolved: unknown; secrets: string[] }>;
+  readonly decisions: DecisionPoint;
   maskerFor(profiles: readonly string[]): Masker;
+  /** Close the kinds' connections, then the audit log. */
   close(): Promise<void>;
 }
 
 export async function loadGateway(
   configFile: string,
+  kinds?: readonly TargetKind[],
 ): Promise<{ config: GatehouseConfig; policies: PolicySet }> {
-  const config = await loadConfig(configFile);
+  const config = await loadConfig(configFile, kinds);
   const policies = await loadPolicies(config.policies, config.file);
   return { config, policies };
 }
 
-export async function createRuntime(configFile: string): Promise<Runtime> {
-  const { config, policies } = await loadGateway(configFile);
+export interface RuntimeOptions {
+  /** The target kinds (default: tools/kinds.ts); tests add a kind to prove the seam. */
+  kinds?: readonly TargetKind[];
+}
+
+export async function createRuntime(
+  configFile: string,
+  opts: RuntimeOptions = {},
+): Promise<Runtime> {
+  const { config, policies } = await loadGateway(configFile, opts.kinds);
+  await checkTargetSecrets(config, opts.kinds ?? TARGET_KINDS);
   const id = config.identity;
   const verifier = await createVerifier({
     ...(id.issuer ? { issuer: id.issuer } : {}),
@@ -51,7 +59,7 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
     ...(id.jwks ? { jwks: id.jwks } : {}),
     algorithms: id.algorithms,
     ...(id.hmacSecret
-      ? { hmacSecret: await resolveSecret(id.hmacSecret, config.dir, 'identity.hmacSecret') }
+      ? { hmacSecret: await startupSecret(config, id.hmacSecret, 'identity.hmacSecret') }
       : {}),
     groupsClaim: id.groupsClaim,
     ...(id.groupsSeparator !== undefined ? { groupsSeparator: id.groupsSeparator } : {}),
@@ -59,11 +67,9 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
     ...(id.devIssuer ? { devIssuer: id.devIssuer } : {}),
   });
   const audit = await AuditLog.open(config.audit.file);
-  const pools = new PostgresPools();
-  const tools = createTools(pools, async (name) => {
-    const target = Object.hasOwn(config.targets, name) ? config.targets[name] : undefined;
-    if (target?.kind !== 'postgres') return undefined;
-    return { target: await resolvePostgres(config, target), trusted: target.trusted };
+  const gateway = openGateway(config, policies.engine, {
+    live: true,
+    ...(opts.kinds ? { kinds: opts.kinds } : {}),
   });
 
   const pseudonymKey = await loadOrCreateKey(
@@ -76,20 +82,8 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
     policies,
     verifier,
     audit,
-    tools,
-    async resolveTarget(target) {
-      switch (target.kind) {
-        case 'postgres': {
-          const resolved = await resolvePostgres(config, target);
-          return { resolved, secrets: resolved.password ? [resolved.password] : [] };
-        }
-        default:
-          throw new GovernanceError(
-            'TARGET_ERROR',
-            `targets of kind ${target.kind} are not supported yet`,
-          );
-      }
-    },
+    tools: gateway.tools,
+    decisions: gateway.decisions,
     maskerFor(names) {
       const key = [...names].sort().join('\0');
       let m = maskers.get(key);
@@ -111,35 +105,69 @@ export async function createRuntime(configFile: string): Promise<Runtime> {
       return m;
     },
     async close() {
-      await pools.closeAll();
+      await gateway.close();
       await audit.close();
     },
   };
 }
 
-/** A postgres target with its credentials resolved, for one call (or one catalog check). */
-export async function resolvePostgres(
+/**
+ * A secret the gateway needs to start (the HMAC key of the identity config): one that cannot
+ * be read, or is too short to scrub, is a config error naming the key (exit 2), not a
+ * TARGET_ERROR.
+ */
+async function startupSecret(
   config: GatehouseConfig,
-  target: PostgresTargetConfig,
-): Promise<ResolvedPostgresTarget> {
-  const password = target.password
-    ? await resolveSecret(target.password, config.dir, `target ${target.name}`)
-    : undefined;
-  const sslCa = target.sslCa
-    ? await readFile(resolvePath(config.dir, target.sslCa.file), 'utf8')
-    : undefined;
-  return {
-    name: target.name,
-    host: target.host,
-    port: target.port,
-    database: target.database,
-    user: target.user,
-    password,
-    ssl: target.ssl,
-    sslCa,
-    poolSize: target.poolSize,
-    connectTimeoutMs: target.connectTimeout,
-  };
+  ref: SecretRef,
+  key: string,
+): Promise<string> {
+  let value: string;
+  try {
+    value = await resolveSecret(ref, config.dir, key);
+  } catch {
+    throw new ConfigError(
+      `${config.file}: ${key}: ${describeSecretRef(ref)} is not set or cannot be read`,
+    );
+  }
+  if (value.length < SECRET_MIN_LENGTH) {
+    throw new ConfigError(
+      `${config.file}: ${key}: the secret is shorter than ${SECRET_MIN_LENGTH} characters`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Target secrets are resolved per call (a rotated password takes effect at once), but one
+ * that is already set and too short to scrub safely is refused at start. One that is not set
+ * yet is only logged: the calls to that target say so until it is.
+ */
+async function checkTargetSecrets(
+  config: GatehouseConfig,
+  kinds: readonly TargetKind[],
+): Promise<void> {
+  for (const target of Object.values(config.targets)) {
+    const kind = kinds.find((k) => k.kind === target.kind);
+    for (const { key, ref } of kind?.secretRefs(target) ?? []) {
+      const where = `targets.${target.name}.${key}`;
+      let value: string;
+      try {
+        value = await resolveSecret(ref, config.dir, where);
+      } catch {
+        log.warn(
+          { target: target.name, key },
+          `${where}: ${describeSecretRef(ref)} is not set yet`,
+        );
+        continue;
+      }
+      if (value.length < SECRET_MIN_LENGTH) {
+        throw new ConfigError(
+          `${config.file}: ${where}: the secret is shorter than ${SECRET_MIN_LENGTH} characters; ` +
+            'use a longer one (a short secret cannot be scrubbed from results safely)',
+        );
+      }
+    }
+  }
 }
 
 /** The pseudonym key keeps pseudonyms stable across restarts; it lives beside the state file. */

@@ -1,11 +1,13 @@
-import { checkPostgresTarget, type CheckLine } from '../tools/postgres/check.js';
+import type { CheckLine } from '../tools/kind.js';
+import { TARGET_KINDS } from '../tools/kinds.js';
 import { loadConfig } from './config.js';
-import { resolvePostgres } from './runtime.js';
+import { kindEnv } from './gateway.js';
 
 /**
  * `gatehouse targets check [NAME...]`: each target (or the named ones) in config order, one
- * heading line, then what works, warnings and errors. Exit 1 when a target cannot be used
- * (or, with `strict`, when anything warned); 2 for an unknown name (a usage error).
+ * heading line, then what works, warnings and errors, as the target's kind checks it. Exit 1
+ * when a target cannot be used (or, with `strict`, when anything warned); 2 for an unknown
+ * name (a usage error).
  */
 export async function targetsCheck(
   configFile: string,
@@ -22,16 +24,23 @@ export async function targetsCheck(
     return 2;
   }
   const chosen = names.length > 0 ? names : Object.keys(config.targets);
+  // Each kind is opened once, for the targets of that kind being checked, and closed after.
+  const instances = new Map(
+    TARGET_KINDS.filter((k) => chosen.some((n) => config.targets[n]?.kind === k.kind)).map(
+      (k) => [k.kind, { kind: k, instance: k.open(kindEnv(config, k, true)) }] as const,
+    ),
+  );
   let errors = 0;
   let warnings = 0;
-  for (const name of chosen) {
-    const target = config.targets[name];
-    if (!target) continue;
-    let lines: CheckLine[];
-    if (target.kind === 'postgres') {
-      opts.out.write(`${name} (postgres ${target.host}:${target.port}/${target.database})\n`);
+  try {
+    for (const name of chosen) {
+      const target = config.targets[name];
+      const opened = target && instances.get(target.kind);
+      if (!target || !opened) continue;
+      opts.out.write(`${name} (${opened.kind.summary(target)})\n`);
+      let lines: CheckLine[];
       try {
-        lines = await checkPostgresTarget(await resolvePostgres(config, target));
+        lines = await opened.instance.check(target);
       } catch (err) {
         // A secret that cannot be resolved: say which, never its value.
         const cause = (err as { cause?: unknown }).cause;
@@ -42,20 +51,14 @@ export async function targetsCheck(
           },
         ];
       }
-    } else {
-      opts.out.write(`${name} (${target.kind})\n`);
-      lines = [
-        {
-          level: 'warning',
-          text: `targets of kind ${target.kind} are not served by this release, so not checked`,
-        },
-      ];
+      for (const l of lines) {
+        opts.out.write(`  ${l.level.padEnd(7)} ${l.text}\n`);
+        if (l.level === 'error') errors++;
+        if (l.level === 'warning') warnings++;
+      }
     }
-    for (const l of lines) {
-      opts.out.write(`  ${l.level.padEnd(7)} ${l.text}\n`);
-      if (l.level === 'error') errors++;
-      if (l.level === 'warning') warnings++;
-    }
+  } finally {
+    await Promise.allSettled([...instances.values()].map((o) => o.instance.close()));
   }
   opts.out.write(
     `${chosen.length} target${chosen.length === 1 ? '' : 's'} checked: ${errors} error${errors === 1 ? '' : 's'}, ` +

@@ -1,7 +1,6 @@
 import type { Tool } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import { ERROR_CODES } from './kernel/errors.js';
-import { META_TOOLS } from './meta-tools.js';
 import type { Runtime } from './runtime.js';
 
 function jsonSchema(schema: z.ZodType, io: 'input' | 'output'): Tool['inputSchema'] {
@@ -32,8 +31,9 @@ function outputSchema(schema: z.ZodType): Tool['outputSchema'] {
 }
 
 export function listTools(rt: Pick<Runtime, 'tools'>): Tool[] {
-  // Meta tools first: an agent reading the list meets list_targets and explain before the rest.
-  return [...Object.values(META_TOOLS), ...rt.tools.values()].map((t) => ({
+  // The registry lists the gateway's own tools first: an agent reading the list meets
+  // list_targets and explain before the rest.
+  return [...rt.tools.values()].map((t) => ({
     name: t.name,
     title: t.title,
     description: t.description,

@@ -1,21 +1,69 @@
-import { postgresQueryTool } from './postgres/definition.js';
-import { PostgresExecutor } from './postgres/executor.js';
-import type { PostgresPools } from './postgres/pool.js';
-import { CatalogSource, type ResolvePostgresTarget } from './postgres/catalog.js';
-import type { GovernedTool } from './types.js';
+import { GovernanceError } from '../server/kernel/errors.js';
+import type { KindEnv, KindInstance, TargetBase, TargetKind } from './kind.js';
+import { TARGET_KINDS } from './kinds.js';
+import type { RegisteredTool } from './types.js';
 
-export type ToolRegistry = ReadonlyMap<string, GovernedTool<unknown, unknown>>;
+export type ToolRegistry = ReadonlyMap<string, RegisteredTool>;
+
+/** The kinds of a gateway, opened: their tools in one registry, and one close for all. */
+export interface OpenKinds {
+  readonly tools: ToolRegistry;
+  readonly laterTools: ReadonlySet<string>;
+  readonly kinds: ReadonlyMap<string, { kind: TargetKind; instance: KindInstance<TargetBase> }>;
+  close(): Promise<void>;
+}
 
 /**
- * Every governed tool. With `resolvePostgres` (a running gateway), postgres_query checks each
- * statement against the target's catalog before policy decides; without it (offline policy
- * commands) no target is ever touched.
+ * Open every kind and gather the tools: the gateway's own tools first (an agent reading the
+ * list meets list_targets and explain before the rest), then each kind's in list order. Two
+ * tools with one name are a bug, refused at start.
  */
-export function createTools(
-  pools: PostgresPools,
-  resolvePostgres?: ResolvePostgresTarget,
-): ToolRegistry {
-  const catalogs = resolvePostgres ? new CatalogSource(pools, resolvePostgres) : undefined;
-  const list = [postgresQueryTool(new PostgresExecutor(pools), catalogs)];
-  return new Map(list.map((t) => [t.name, t as unknown as GovernedTool<unknown, unknown>]));
+export function openKinds(
+  kinds: readonly TargetKind[],
+  env: (kind: TargetKind) => KindEnv<TargetBase>,
+  gatewayTools: readonly RegisteredTool[],
+): OpenKinds {
+  const opened = new Map<string, { kind: TargetKind; instance: KindInstance<TargetBase> }>();
+  const tools = new Map<string, RegisteredTool>();
+  const add = (t: RegisteredTool) => {
+    if (tools.has(t.name)) {
+      throw new GovernanceError('INTERNAL', `two tools are named ${t.name}`);
+    }
+    tools.set(t.name, t);
+  };
+  gatewayTools.forEach(add);
+  for (const kind of kinds) {
+    const instance = kind.open(env(kind));
+    opened.set(kind.kind, { kind, instance });
+    instance.tools.forEach(add);
+  }
+  return {
+    tools,
+    laterTools: new Set(kinds.flatMap((k) => k.laterTools ?? [])),
+    kinds: opened,
+    async close() {
+      await Promise.allSettled([...opened.values()].map((o) => o.instance.close()));
+    },
+  };
+}
+
+/**
+ * @deprecated The tools of the offline policy commands, without the gateway's own tools:
+ * kept while the CLI moves to server/gateway.ts `openGateway(config, engine, { live: false })`.
+ */
+export function createTools(_pools?: unknown): ToolRegistry {
+  return openKinds(
+    TARGET_KINDS,
+    () => ({
+      target: () => undefined,
+      secret: async () => {
+        throw new GovernanceError('INTERNAL', 'offline tools resolve no secrets');
+      },
+      readFile: async () => {
+        throw new GovernanceError('INTERNAL', 'offline tools read no files');
+      },
+      live: false,
+    }),
+    [],
+  ).tools;
 }

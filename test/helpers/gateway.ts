@@ -7,7 +7,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { stringify } from 'yaml';
 import { loadDevIssuer, type DevIssuer } from '../../server/identity/dev-issuer.js';
 import { createMcpServer } from '../../server/mcp.js';
-import { createRuntime, type Runtime } from '../../server/runtime.js';
+import { createRuntime, type Runtime, type RuntimeOptions } from '../../server/runtime.js';
 import { newSession } from '../../server/session.js';
 import type { PgInfo } from './postgres.js';
 
@@ -41,6 +41,8 @@ export async function writeGatewayConfig(
     identity?: Record<string, unknown>;
     /** Merged into each named target (e.g. `{ 'app-db': { trusted: [...] } }`). */
     targets?: Record<string, Record<string, unknown>>;
+    /** More targets, as written (e.g. of a kind a test adds). */
+    extraTargets?: Record<string, Record<string, unknown>>;
   },
 ): Promise<string> {
   // Secrets reach the gateway the way they would in production: by reference.
@@ -79,6 +81,7 @@ export async function writeGatewayConfig(
           ...opts.targets?.['app-db-rw'],
         },
         'app-db-badpw': target(opts.pg.reader.user, 'GH_TEST_BAD_PASSWORD'),
+        ...opts.extraTargets,
       },
       policies: ['./policy.yaml'],
       audit: { file: 'audit.jsonl' },
@@ -100,13 +103,16 @@ export async function startGateway(opts: {
   clockToleranceSec?: number;
   identity?: Record<string, unknown>;
   targets?: Record<string, Record<string, unknown>>;
+  extraTargets?: Record<string, Record<string, unknown>>;
+  /** Runtime options (e.g. the target kinds, with one a test adds). */
+  runtime?: RuntimeOptions;
 }): Promise<TestGateway> {
   const dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-gw-'));
   const configFile = await writeGatewayConfig(dir, opts);
   const issuer = await loadDevIssuer(path.join(dir, 'dev-issuer.json'), 'urn:gatehouse:dev', {
     create: true,
   });
-  const rt = await createRuntime(configFile);
+  const rt = await createRuntime(configFile, opts.runtime);
   const clients: TestClient[] = [];
   return {
     dir,

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { DecidedCall, GatewayView, ToolDefinition } from '../types.js';
 
 export const ExplainInput = z.strictObject({
   tool: z.string().min(1).describe('The tool to ask about, e.g. postgres_query'),
@@ -22,7 +23,7 @@ export const ExplainOutput = z.object({
 });
 export type ExplainOutput = z.infer<typeof ExplainOutput>;
 
-export const explainMeta = {
+const explainMeta = {
   name: 'explain',
   title: 'Explain a decision',
   description:
@@ -34,3 +35,49 @@ export const explainMeta = {
     openWorldHint: false,
   },
 } as const;
+
+/** The explain output of a decided call: what the real call would get, before it runs. */
+export function explainOutput(d: DecidedCall): ExplainOutput {
+  const { description } = d.described;
+  return {
+    tool: d.tool.name,
+    target: description.target,
+    effect: d.decision.effect,
+    rule: d.decision.rule,
+    reason: d.decision.reason,
+    operation: d.decision.operation,
+    parts: description.parts.map((p) => ({
+      operation: p.operation,
+      tags: [...p.tags],
+      reason: p.reason,
+    })),
+    limits: d.decision.limits,
+    mask: d.decision.mask,
+    ...(description.refusal
+      ? { refusal: `${description.refusal}: refused with INVALID_INPUT` }
+      : {}),
+  };
+}
+
+/**
+ * `explain`: the decision a call would get, through the same function the real call goes
+ * through (so explain can never say allow where the call is denied), without executing it.
+ */
+export const explainTool: ToolDefinition<z.output<typeof ExplainInput>, null, GatewayView> = {
+  ...explainMeta,
+  inputSchema: ExplainInput,
+  outputSchema: ExplainOutput,
+  operations: ['read'],
+  async describe(input) {
+    return {
+      target: null,
+      parts: [{ operation: 'read', tags: [], reason: 'explain reveals a decision only' }],
+      auditInput: input,
+      plan: null,
+    };
+  },
+  async execute(input, ctx) {
+    const decided = await ctx.target.decide(ctx.principal, input.tool, input.input, 'input');
+    return { kind: 'gateway', structured: explainOutput(decided) };
+  },
+};

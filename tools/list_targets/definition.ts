@@ -1,4 +1,6 @@
 import { z } from 'zod';
+import type { Principal } from '../../policies/engine.js';
+import type { GatewayView, ToolDefinition } from '../types.js';
 
 export const ListTargetsInput = z.strictObject({});
 
@@ -6,7 +8,7 @@ export const ListTargetsOutput = z.object({
   targets: z.array(
     z.object({
       name: z.string(),
-      kind: z.enum(['postgres', 'ssh', 'kubernetes']),
+      kind: z.string(),
       description: z.string().optional(),
       tools: z.array(
         z.object({
@@ -21,7 +23,7 @@ export const ListTargetsOutput = z.object({
 });
 export type ListTargetsOutput = z.infer<typeof ListTargetsOutput>;
 
-export const listTargetsMeta = {
+const listTargetsMeta = {
   name: 'list_targets',
   title: 'List targets',
   description:
@@ -34,3 +36,51 @@ export const listTargetsMeta = {
     openWorldHint: false,
   },
 } as const;
+
+/** The targets this identity may use, and how: the policy engine's own allowed operations. */
+export function listTargets(view: GatewayView, principal: Principal): ListTargetsOutput {
+  const targets: ListTargetsOutput['targets'] = [];
+  const tools = view.tools();
+  for (const target of view.targets) {
+    const usable = tools
+      .filter((t) => t.targetKind === target.kind)
+      .map((t) => ({
+        tool: t.name,
+        operations: view.allowedOperations(principal, t.name, target.name, t.operations),
+      }))
+      .filter((t) => t.operations.length > 0);
+    if (usable.length > 0) {
+      targets.push({
+        name: target.name,
+        kind: target.kind,
+        ...(target.description ? { description: target.description } : {}),
+        tools: usable,
+      });
+    }
+  }
+  return { targets };
+}
+
+export const listTargetsTool: ToolDefinition<
+  z.output<typeof ListTargetsInput>,
+  null,
+  GatewayView
+> = {
+  ...listTargetsMeta,
+  inputSchema: ListTargetsInput,
+  outputSchema: ListTargetsOutput,
+  operations: ['read'],
+  async describe(input) {
+    return {
+      target: null,
+      parts: [
+        { operation: 'read', tags: [], reason: 'list_targets reveals what this identity may use' },
+      ],
+      auditInput: input,
+      plan: null,
+    };
+  },
+  async execute(_input, ctx) {
+    return { kind: 'gateway', structured: listTargets(ctx.target, ctx.principal) };
+  },
+};

@@ -1,6 +1,6 @@
 import { GovernanceError } from '../../server/kernel/errors.js';
 import { z } from 'zod';
-import type { GovernedTool } from '../types.js';
+import type { ToolDefinition } from '../types.js';
 import { deepFreeze } from '../../server/kernel/freeze.js';
 import { assertWellFormed, classifySql, type SqlClassification } from './classify.js';
 import { refineClassification, type CatalogSource, type TargetCatalog } from './catalog.js';
@@ -43,10 +43,21 @@ export const POSTGRES_OPERATIONS = ['read', 'write', 'ddl', 'admin', 'unknown'] 
  * (catalog.ts); without it (the offline `policy explain` and `policy test`) the parse tree
  * alone decides, which can only be more lenient about objects defined in the database.
  */
+/** What describe found that execute needs. */
+export interface PostgresPlan {
+  /** The statement to run, when the classifier rewrote it (e.g. COPY ... TO STDOUT). */
+  runAs: string | undefined;
+  /** Why the catalog check could not run: the statement is then not run either. */
+  unchecked: unknown;
+  /** The strictest operation of the statements (the session mode follows it). */
+  operation: string;
+  statementCount: number;
+}
+
 export function postgresQueryTool(
   executor: PostgresExecutor,
   catalogs?: CatalogSource,
-): GovernedTool<PostgresQueryInput, ResolvedPostgresTarget> {
+): ToolDefinition<PostgresQueryInput, PostgresPlan, ResolvedPostgresTarget> {
   return {
     name: 'postgres_query',
     title: 'PostgreSQL query',
@@ -62,7 +73,6 @@ export function postgresQueryTool(
       idempotentHint: false,
       openWorldHint: false,
     },
-    targetKind: 'postgres',
     operations: POSTGRES_OPERATIONS,
     async describe(input) {
       // Parameters go to the server as UTF-8: text that cannot be encoded as it is written
@@ -84,7 +94,12 @@ export function postgresQueryTool(
           reason: s.reason,
         })),
         auditInput: { sql: input.sql, ...(input.params ? { params: input.params } : {}) },
-        plan: { runAs: c.runAs, unchecked },
+        plan: {
+          runAs: c.runAs,
+          unchecked,
+          operation: mostStrict(c.statements.map((st) => st.operation)),
+          statementCount: c.statements.length,
+        },
         ...(c.statements.length > 1
           ? { refusal: `one statement per call (got ${c.statements.length})` }
           : c.unsupported
@@ -93,19 +108,16 @@ export function postgresQueryTool(
       };
     },
     async execute(input, ctx) {
-      const plan = ctx.description.plan as { runAs?: string; unchecked?: unknown } | undefined;
-      if (plan?.unchecked !== undefined) throw uncheckedError(input.target, plan.unchecked);
-      if (ctx.description.refusal) {
-        throw new GovernanceError('INVALID_INPUT', ctx.description.refusal);
-      }
+      const { plan } = ctx;
+      if (plan.unchecked !== undefined) throw uncheckedError(input.target, plan.unchecked);
       return executor.run(
         ctx.target,
         {
-          sql: plan?.runAs ?? input.sql,
+          sql: plan.runAs ?? input.sql,
           params: input.params ?? [],
           maxRows: Math.min(input.maxRows ?? ctx.limits.maxRows, ctx.limits.maxRows),
-          operation: mostStrict(ctx.description.parts.map((p) => p.operation)),
-          statementCount: ctx.description.parts.length,
+          operation: plan.operation,
+          statementCount: plan.statementCount,
         },
         ctx.limits,
         ctx.signal,

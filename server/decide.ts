@@ -1,0 +1,86 @@
+import {
+  DEFAULT_LIMITS,
+  type Decision,
+  type PolicyEngine,
+  type Principal,
+} from '../policies/engine.js';
+import type { ToolRegistry } from '../tools/registry.js';
+import type {
+  CallDescription,
+  DecidedCall,
+  DescribedCall,
+  ParsedCall,
+  RegisteredTool,
+} from '../tools/types.js';
+import { GovernanceError } from './kernel/errors.js';
+
+/**
+ * The one decision path: (identity, tool, input) -> decision. The real call (server/pipeline.ts),
+ * the `explain` tool, `gatehouse policy explain` and `gatehouse policy test` all go through
+ * these functions, so what explain says is what the call gets.
+ */
+export class DecisionPoint {
+  constructor(
+    readonly tools: ToolRegistry,
+    readonly engine: PolicyEngine,
+    /** Tools the contract names that a later release serves (`ssh_exec`, `kubectl`). */
+    private readonly laterTools: ReadonlySet<string>,
+  ) {}
+
+  /** The tool by name; INVALID_INPUT for an unknown one, or one this release does not serve. */
+  find(name: string): RegisteredTool {
+    const tool = this.tools.get(name);
+    if (tool) return tool;
+    throw new GovernanceError(
+      'INVALID_INPUT',
+      this.laterTools.has(name)
+        ? `tool ${name} is not available in this release of Gatehouse`
+        : `unknown tool ${JSON.stringify(name)}`,
+    );
+  }
+
+  /** Parse the arguments against the tool's schema (INVALID_INPUT when they do not fit). */
+  parse(tool: RegisteredTool, args: unknown, at?: string): ParsedCall {
+    return tool.parse(args, at);
+  }
+
+  /** What the call really does (the tool's classifier). */
+  describe(parsed: ParsedCall): Promise<DescribedCall> {
+    return parsed.describe();
+  }
+
+  /** Policy's answer for a described call. */
+  decide(principal: Principal, tool: RegisteredTool, description: CallDescription): Decision {
+    if (tool.decidedBy === 'builtin') return builtinDecision(tool.name);
+    return this.engine.decide({
+      principal,
+      tool: tool.name,
+      target: description.target,
+      parts: description.parts,
+    });
+  }
+
+  /** All of it at once: what explain, `policy explain` and `policy test` ask. */
+  async call(principal: Principal, name: string, args: unknown, at?: string): Promise<DecidedCall> {
+    const tool = this.find(name);
+    const parsed = this.parse(tool, args, at);
+    const described = await this.describe(parsed);
+    return {
+      tool,
+      parsed,
+      described,
+      decision: this.decide(principal, tool, described.description),
+    };
+  }
+}
+
+function builtinDecision(tool: string): Decision {
+  return {
+    effect: 'allow',
+    rule: 'builtin',
+    reason: `${tool} only reveals what this identity may do`,
+    mask: [],
+    limits: DEFAULT_LIMITS,
+    operation: 'read',
+  };
+}

@@ -1,0 +1,102 @@
+import { readFile } from 'node:fs/promises';
+import type { PolicyEngine } from '../policies/engine.js';
+import { explainTool } from '../tools/explain/definition.js';
+import type { KindEnv, TargetBase, TargetKind } from '../tools/kind.js';
+import { TARGET_KINDS } from '../tools/kinds.js';
+import { listTargetsTool } from '../tools/list_targets/definition.js';
+import { openKinds, type OpenKinds } from '../tools/registry.js';
+import { bindTool, type GatewayView } from '../tools/types.js';
+import type { GatehouseConfig, TargetConfig } from './config.js';
+import { DecisionPoint } from './decide.js';
+import { GovernanceError } from './kernel/errors.js';
+import { resolvePath } from './kernel/paths.js';
+import { resolveSecret, type SecretRef } from './kernel/secrets.js';
+
+/**
+ * A secret shorter than this is refused: the gateway scrubs every credential it used from
+ * whatever comes back, and a short or common word (`demo`, `postgres`) would be replaced
+ * wherever it appears in a result, the target's own name included.
+ */
+export const SECRET_MIN_LENGTH = 8;
+
+/** The tools and the decision point of a gateway, over the target kinds of its config. */
+export interface Gateway extends OpenKinds {
+  readonly decisions: DecisionPoint;
+}
+
+/**
+ * Open the target kinds for a config: `live` for a serving gateway (pools, catalog checks),
+ * not live for the offline policy commands, which classify from the text alone and never
+ * connect anywhere.
+ */
+export function openGateway(
+  config: GatehouseConfig,
+  engine: PolicyEngine,
+  opts: { live: boolean; kinds?: readonly TargetKind[] },
+): Gateway {
+  const kinds = opts.kinds ?? TARGET_KINDS;
+  // The view the gateway's own tools get: built before the registry it lists, read after.
+  const built: { decisions?: DecisionPoint } = {};
+  const point = () => {
+    if (!built.decisions) {
+      throw new GovernanceError('INTERNAL', 'gateway used before it was opened');
+    }
+    return built.decisions;
+  };
+  const view: GatewayView = {
+    targets: Object.values(config.targets).map((t) => ({
+      name: t.name,
+      kind: t.kind,
+      ...(t.description ? { description: t.description } : {}),
+    })),
+    tools: () => [...point().tools.values()],
+    decide: (principal, tool, args, at) => point().call(principal, tool, args, at),
+    allowedOperations: (principal, tool, target, candidates) =>
+      engine.allowedOperations(principal, tool, target, candidates),
+  };
+  const own = { targetKind: null, decidedBy: 'builtin' as const };
+  const resolveView = async () => ({ target: view, secrets: [] });
+  const opened = openKinds(kinds, (kind) => kindEnv(config, kind, opts.live), [
+    bindTool(listTargetsTool, { ...own, resolve: resolveView }),
+    bindTool(explainTool, { ...own, resolve: resolveView }),
+  ]);
+  const decisions = new DecisionPoint(opened.tools, engine, opened.laterTools);
+  built.decisions = decisions;
+  return { ...opened, decisions };
+}
+
+/** What a kind may know of the config: its own targets, their secrets and files. */
+export function kindEnv(
+  config: GatehouseConfig,
+  kind: TargetKind,
+  live: boolean,
+): KindEnv<TargetBase> {
+  return {
+    target: (name) => targetOf(config, kind, name),
+    secret: (ref, what) => resolveTargetSecret(config, ref, what),
+    readFile: (file) => readFile(resolvePath(config.dir, file), 'utf8'),
+    live,
+  };
+}
+
+function targetOf(config: GatehouseConfig, kind: TargetKind, name: string): TargetBase | undefined {
+  const t: TargetConfig | undefined = Object.hasOwn(config.targets, name)
+    ? config.targets[name]
+    : undefined;
+  return t?.kind === kind.kind ? t : undefined;
+}
+
+/** A target's secret for one call: resolved at the last moment, refused when too short. */
+async function resolveTargetSecret(
+  config: GatehouseConfig,
+  ref: SecretRef,
+  what: string,
+): Promise<string> {
+  const value = await resolveSecret(ref, config.dir, what);
+  if (value.length < SECRET_MIN_LENGTH) {
+    throw new GovernanceError('TARGET_ERROR', `credentials for ${what} are not usable`, {
+      cause: new Error(`the secret is shorter than ${SECRET_MIN_LENGTH} characters`),
+    });
+  }
+  return value;
+}

@@ -1,0 +1,56 @@
+import type { z } from 'zod';
+import type { SecretRef } from '../server/kernel/secrets.js';
+import type { RegisteredTool } from './types.js';
+
+/**
+ * A target kind (postgres, ssh, kubernetes) is the one seam a new kind of infrastructure plugs
+ * into: the schema of its targets in gatehouse.yaml, the tools it provides, how a target is
+ * checked (`gatehouse targets check`) and how its connections close. The config, the runtime,
+ * the tool registry, list_targets and the CLI loop over the list in tools/kinds.ts and know
+ * nothing else of a kind.
+ */
+export interface TargetKind<C extends TargetBase = TargetBase> {
+  readonly kind: C['kind'];
+  /** The target's keys in gatehouse.yaml: a strict object whose `kind` is this kind's literal. */
+  readonly configSchema: z.ZodType<Omit<C, 'name'>> & z.ZodObject;
+  /** Tools of this kind that the contract names but this release does not serve yet. */
+  readonly laterTools?: readonly string[];
+  /** One line naming where a target points, for `targets check` (`postgres db:5432/shop`). */
+  summary(target: C): string;
+  /** The secret references of a target's config, by key (checked at start, never printed). */
+  secretRefs(target: C): Array<{ key: string; ref: SecretRef }>;
+  /** Start this kind for a gateway: its tools and, when `live`, its connections. */
+  open(env: KindEnv<C>): KindInstance<C>;
+}
+
+export interface TargetBase {
+  readonly kind: string;
+  readonly name: string;
+  readonly description?: string | undefined;
+}
+
+export interface KindEnv<C extends TargetBase> {
+  /** This kind's target by name (undefined for an unknown name or another kind's target). */
+  target(name: string): C | undefined;
+  /** Resolve a secret reference of a target's config; errors name the reference, never a value. */
+  secret(ref: SecretRef, what: string): Promise<string>;
+  /** Read a file a target's config names (relative to the config file's folder). */
+  readFile(file: string): Promise<string>;
+  /**
+   * false for the offline policy commands (`policy explain`, `policy test`): tools classify
+   * calls from their text alone and never connect.
+   */
+  readonly live: boolean;
+}
+
+export interface KindInstance<C extends TargetBase> {
+  readonly tools: readonly RegisteredTool[];
+  /** `gatehouse targets check`: what works, and warnings about powerful credentials. */
+  check(target: C): Promise<CheckLine[]>;
+  close(): Promise<void>;
+}
+
+export interface CheckLine {
+  level: 'ok' | 'warning' | 'error';
+  text: string;
+}
