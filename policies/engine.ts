@@ -49,10 +49,15 @@ export interface ResolvedLimits {
   maxOutputBytes: number;
 }
 
+/**
+ * Limits when no rule sets them, chosen for a model's context: 200 rows and 256 KiB are more
+ * than an agent reads usefully in one answer, and a rule can raise them (up to what a rule
+ * says; the tightest rule that lets a call through wins).
+ */
 export const DEFAULT_LIMITS: ResolvedLimits = Object.freeze({
-  maxRows: 1000,
+  maxRows: 200,
   timeoutMs: 30_000,
-  maxOutputBytes: 1024 * 1024,
+  maxOutputBytes: 256 * 1024,
 });
 
 export interface Decision {

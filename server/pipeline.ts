@@ -212,24 +212,27 @@ async function decide(c: Described): Promise<Decided> {
   const decision = c.rt.decisions.decide(c.principal, c.tool, c.described.description);
   const decided: Decided = { ...c, stage: 'decided', decision };
   await c.rt.audit.append(auditRecord(decided, 'decision'), NOT_YET_DURABLE);
-  if (decision.effect === 'deny') {
-    throw new GovernanceError('DENIED', decision.reason, { rule: decision.rule });
-  }
-  // The tool's own refusal (several statements, an unsupported form), checked here only, once
-  // policy has spoken (the agent learns policy's answer first, as explain shows it) and
-  // before any human is asked to approve a call that could not run.
-  const refusal = c.described.description.refusal;
-  if (refusal) throw new GovernanceError('INVALID_INPUT', refusal);
   return decided;
 }
 
-/** A human's approval, for rules that ask for one. This release cannot take approvals. */
+/**
+ * The gate: a denied call stops here; the tool's own refusal (several statements, an
+ * unsupported form) is checked here only, once policy has spoken (the agent learns policy's
+ * answer first, as explain shows it) and before any human is asked to approve a call that
+ * could not run; a rule that asks for approval gets one. This release cannot take approvals.
+ */
 async function approve(c: Decided): Promise<Approved> {
-  if (c.decision.effect === 'approve') {
+  const { decision } = c;
+  if (decision.effect === 'deny') {
+    throw new GovernanceError('DENIED', decision.reason, { rule: decision.rule });
+  }
+  const refusal = c.described.description.refusal;
+  if (refusal) throw new GovernanceError('INVALID_INPUT', refusal);
+  if (decision.effect === 'approve') {
     throw new GovernanceError(
       'APPROVAL_UNAVAILABLE',
-      `rule ${c.decision.rule} requires approval, and this gateway cannot take approvals yet`,
-      { rule: c.decision.rule },
+      `rule ${decision.rule} requires approval, and this gateway cannot take approvals yet`,
+      { rule: decision.rule },
     );
   }
   return { ...c, stage: 'approved' };

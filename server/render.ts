@@ -21,6 +21,14 @@ function cell(v: unknown): string {
   return flat.length > CELL_MAX ? `${flat.slice(0, CELL_MAX - 1)}…` : flat;
 }
 
+/**
+ * The text view of a result is for a model's context: at most this many rows and characters
+ * of table. The structured content carries every row the limits let through, so a client
+ * that reads it loses nothing; the text says how much it shows.
+ */
+export const TEXT_ROWS_MAX = 50;
+export const TEXT_TABLE_MAX_CHARS = 16 * 1024;
+
 export function renderRows(
   target: string,
   r: {
@@ -37,7 +45,7 @@ export function renderRows(
   }${r.columns.length === 0 ? `, ${r.rowCount} affected` : ''}`;
   if (r.columns.length === 0) return summary;
   const header = r.columns.map((c) => cell(c.name));
-  const body = r.rows.map((row) => row.map(cell));
+  const body = r.rows.slice(0, TEXT_ROWS_MAX).map((row) => row.map(cell));
   const widths = header.map((h, i) =>
     Math.max(h.length, ...body.map((row) => (row[i] ?? '').length)),
   );
@@ -46,12 +54,21 @@ export function renderRows(
       .map((c, i) => c.padEnd(widths[i] ?? 0))
       .join(' | ')
       .trimEnd();
-  const table = [
-    line(header),
-    widths.map((w) => '-'.repeat(w)).join('-+-'),
-    ...body.map(line),
-  ].join('\n');
-  return `${summary}\n${fence(target, table, nonce)}`;
+  const lines = [line(header), widths.map((w) => '-'.repeat(w)).join('-+-')];
+  let size = lines[0]!.length + lines[1]!.length;
+  let shown = 0;
+  for (const row of body) {
+    const l = line(row);
+    if (size + l.length + 1 > TEXT_TABLE_MAX_CHARS && shown > 0) break;
+    lines.push(l);
+    size += l.length + 1;
+    shown++;
+  }
+  const note =
+    shown < r.rows.length
+      ? `\n(the table shows the first ${shown} of ${r.rows.length} rows; all ${r.rows.length} are in the structured content)`
+      : '';
+  return `${summary}\n${fence(target, lines.join('\n'), nonce)}${note}`;
 }
 
 export function renderText(

@@ -43,6 +43,7 @@ const echoTool: ToolDefinition<z.output<typeof EchoInput>, { loud: boolean }, Ec
   outputSchema: z.object({ output: z.string(), exitCode: z.number() }),
   annotations: { readOnlyHint: true },
   operations: ['read', 'shout'],
+  tags: [],
   async describe(input) {
     const loud = input.text === input.text.toUpperCase();
     return {
@@ -243,7 +244,9 @@ describe.skipIf(!pgInfo.available)('the pipeline seams', () => {
       const before = (await audit()).length;
       const real = await client.call(tool, input);
       const lines = (await audit()).slice(before);
-      const decision = lines.find((l) => l.kind === 'decision')!;
+      // One decision line and one outcome line per call, whatever stage it stopped at.
+      expect(lines.map((l) => l.kind)).toEqual(['decision', 'outcome']);
+      const decision = lines[0]!;
       if (explained.isError) {
         // explain refused the question: the call is refused with the same code, before policy.
         const code = (explained.structuredContent as { code: string }).code;
