@@ -23,6 +23,11 @@ export interface ToolDefinition<I, P, T> {
   readonly annotations: ToolAnnotations;
   /** Operations a policy can grant on this tool (shown by list_targets). */
   readonly operations: readonly string[];
+  /**
+   * Every tag describe() can put on a part (`unbounded`, `sleep`): policy files are checked
+   * against it, so a rule on a misspelt tag is refused instead of never matching.
+   */
+  readonly tags: readonly string[];
   /** Parse and classify: what the call does. Throws GovernanceError('INVALID_INPUT') on bad input. */
   describe(input: I): Promise<CallDescription<P>>;
   execute(input: I, ctx: ExecContext<T, P>): Promise<ToolOutput>;
@@ -95,6 +100,7 @@ export interface RegisteredTool {
   readonly outputSchema: z.ZodType;
   readonly annotations: ToolAnnotations;
   readonly operations: readonly string[];
+  readonly tags: readonly string[];
   /** The target kind this tool runs against; null for the gateway's own tools. */
   readonly targetKind: string | null;
   /**
@@ -148,6 +154,7 @@ export function bindTool<I, P, T>(
     outputSchema: def.outputSchema,
     annotations: def.annotations,
     operations: def.operations,
+    tags: def.tags,
     targetKind: binding.targetKind,
     decidedBy: binding.decidedBy ?? 'policy',
     parse(args, at) {

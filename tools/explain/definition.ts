@@ -68,6 +68,7 @@ export const explainTool: ToolDefinition<z.output<typeof ExplainInput>, null, Ga
   inputSchema: ExplainInput,
   outputSchema: ExplainOutput,
   operations: ['read'],
+  tags: [],
   async describe(input) {
     return {
       target: null,

@@ -70,6 +70,7 @@ export const listTargetsTool: ToolDefinition<
   inputSchema: ListTargetsInput,
   outputSchema: ListTargetsOutput,
   operations: ['read'],
+  tags: [],
   async describe(input) {
     return {
       target: null,

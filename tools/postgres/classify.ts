@@ -31,6 +31,14 @@ import {
 
 export type SqlOperation = 'read' | 'write' | 'ddl' | 'admin' | 'unknown';
 
+/**
+ * Every tag the classifier can put on a statement: `sleep` (calls pg_sleep*), `unbounded`
+ * (TRUNCATE, UPDATE/DELETE/MERGE without a real condition). Policy files are checked against
+ * this list, so a rule on `unbound` is refused rather than never matching.
+ */
+export const SQL_TAGS = ['sleep', 'unbounded'] as const;
+export type SqlTag = (typeof SQL_TAGS)[number];
+
 export interface StatementClass {
   /** The statement's node type, e.g. 'SelectStmt', 'DropStmt'. */
   kind: string;
@@ -271,7 +279,7 @@ class Finding {
   operation: SqlOperation = 'read';
   reason = '';
   readonly base = { operation: 'read' as SqlOperation, reason: '' };
-  readonly tags = new Set<string>();
+  readonly tags = new Set<SqlTag>();
   private readonly seen = new Set<string>();
   readonly refs: StatementRefs = {
     functions: [],

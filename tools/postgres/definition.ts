@@ -2,7 +2,7 @@ import { GovernanceError } from '../../server/kernel/errors.js';
 import { z } from 'zod';
 import type { ToolDefinition } from '../types.js';
 import { deepFreeze } from '../../server/kernel/freeze.js';
-import { assertWellFormed, classifySql, type SqlClassification } from './classify.js';
+import { assertWellFormed, classifySql, SQL_TAGS, type SqlClassification } from './classify.js';
 import { refineClassification, type CatalogSource, type TargetCatalog } from './catalog.js';
 import { log } from '../../server/kernel/log.js';
 import type { PostgresExecutor } from './executor.js';
@@ -74,6 +74,7 @@ export function postgresQueryTool(
       openWorldHint: false,
     },
     operations: POSTGRES_OPERATIONS,
+    tags: SQL_TAGS,
     async describe(input) {
       // Parameters go to the server as UTF-8: text that cannot be encoded as it is written
       // is refused, never replaced (the classifier refuses such SQL the same way).
