@@ -13,6 +13,7 @@ import type {
   RegisteredTool,
 } from '../tools/types.js';
 import { GovernanceError } from './kernel/errors.js';
+import { head } from './kernel/text.js';
 
 /**
  * The one decision path: (identity, tool, input) -> decision. The real call (server/pipeline.ts),
@@ -25,6 +26,8 @@ export class DecisionPoint {
     readonly engine: PolicyEngine,
     /** Tools the contract names that a later release serves (`ssh_exec`, `kubectl`). */
     private readonly laterTools: ReadonlySet<string>,
+    /** The kind of a configured target, by name (undefined: no such target). */
+    private readonly kindOf: (target: string) => string | undefined,
   ) {}
 
   /** The tool by name; INVALID_INPUT for an unknown one, or one this release does not serve. */
@@ -44,9 +47,29 @@ export class DecisionPoint {
     return tool.parse(args, at);
   }
 
-  /** What the call really does (the tool's classifier). */
-  describe(parsed: ParsedCall): Promise<DescribedCall> {
-    return parsed.describe();
+  /**
+   * What the call really does (the tool's classifier), on a target that exists and is of the
+   * tool's kind: a name that is not configured is `unknown target`, for the call, explain and
+   * the CLI alike, rather than a policy denial that hides the typo.
+   */
+  async describe(tool: RegisteredTool, parsed: ParsedCall): Promise<DescribedCall> {
+    const described = await parsed.describe();
+    const target = described.description.target;
+    if (tool.targetKind !== null && target !== null) {
+      const kind = this.kindOf(target);
+      // The name as the caller sent it, made well-formed (the text reaches the audit chain).
+      const name = JSON.stringify(head(target, 256));
+      if (kind === undefined) {
+        throw new GovernanceError('INVALID_INPUT', `unknown target ${name}`);
+      }
+      if (kind !== tool.targetKind) {
+        throw new GovernanceError(
+          'INVALID_INPUT',
+          `target ${name} is of kind ${kind}; ${tool.name} works on ${tool.targetKind} targets`,
+        );
+      }
+    }
+    return described;
   }
 
   /** Policy's answer for a described call. */
@@ -64,7 +87,7 @@ export class DecisionPoint {
   async call(principal: Principal, name: string, args: unknown, at?: string): Promise<DecidedCall> {
     const tool = this.find(name);
     const parsed = this.parse(tool, args, at);
-    const described = await this.describe(parsed);
+    const described = await this.describe(tool, parsed);
     return {
       tool,
       parsed,

@@ -60,7 +60,9 @@ export function openGateway(
     bindTool(listTargetsTool, { ...own, resolve: resolveView }),
     bindTool(explainTool, { ...own, resolve: resolveView }),
   ]);
-  const decisions = new DecisionPoint(opened.tools, engine, opened.laterTools);
+  const decisions = new DecisionPoint(opened.tools, engine, opened.laterTools, (name) =>
+    Object.hasOwn(config.targets, name) ? config.targets[name]?.kind : undefined,
+  );
   built.decisions = decisions;
   return { ...opened, decisions };
 }

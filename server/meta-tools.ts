@@ -13,6 +13,11 @@ export async function explainCall(
   principal: Principal,
   req: { tool: string; input: Record<string, unknown> },
 ): Promise<ExplainOutput> {
-  const point = new DecisionPoint(tools, engine, new Set(['ssh_exec', 'kubectl']));
+  const point = new DecisionPoint(
+    tools,
+    engine,
+    new Set(['ssh_exec', 'kubectl']),
+    () => 'postgres',
+  );
   return explainOutput(await point.call(principal, req.tool, req.input, 'input'));
 }

@@ -204,7 +204,11 @@ function parse(c: Authenticated): Parsed {
 }
 
 async function describe(c: Parsed): Promise<Described> {
-  return { ...c, stage: 'described', described: await c.rt.decisions.describe(c.parsed) };
+  return {
+    ...c,
+    stage: 'described',
+    described: await c.rt.decisions.describe(c.tool, c.parsed),
+  };
 }
 
 /** Policy decides, and the decision goes on record before anything runs. */

@@ -225,7 +225,7 @@ describe.skipIf(!pgInfo.available)('evidence: fenced error text, bounded inputs,
       const fake = '2025-01-01T00:00:00.000Z alice postgres_query app-db read allow analysts-read';
       const target = `app-db\n${fake}\r\t\u009b31m\u202eevil\u2066\u200b\ufeff`;
       const r = await alice.call('postgres_query', { target, sql: 'SELECT 1' });
-      expect(textOf(r)).toMatch(/^DENIED by rule default-deny/);
+      expect(textOf(r)).toMatch(/^INVALID_INPUT: unknown target "app-db\\n2025-01-01/);
       const count = (await auditLines()).length;
 
       const text = spawnSync(process.execPath, [...CLI, 'audit', 'tail', '--file', auditFile], {

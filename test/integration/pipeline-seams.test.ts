@@ -228,10 +228,11 @@ describe.skipIf(!pgInfo.available)('the pipeline seams', () => {
       const loud = await analyst.call('echo_text', { target: 'echo-1', text: 'HEY' });
       expect(textOf(loud)).toMatch(/^APPROVAL_UNAVAILABLE: rule echo-shout-approve /);
       const other = await analyst.call('echo_text', { target: 'echo-2', text: 'hi' });
-      expect(textOf(other)).toMatch(/^DENIED by rule default-deny: /);
+      expect(textOf(other)).toBe('INVALID_INPUT: unknown target "echo-2"');
       const sql = await analyst.call('postgres_query', { target: 'echo-1', sql: 'SELECT 1' });
-      // Policy lets reads through on any target; the postgres kind has no such target.
-      expect(textOf(sql)).toBe('INVALID_INPUT: no postgres target named "echo-1"');
+      expect(textOf(sql)).toBe(
+        'INVALID_INPUT: target "echo-1" is of kind echo; postgres_query works on postgres targets',
+      );
     });
   });
 

@@ -311,11 +311,12 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
     );
   });
 
-  it('denies targets the policy does not name, by default', async () => {
+  it('denies targets the policy does not name, by default; a name not configured is unknown', async () => {
     const r = await analyst.call('postgres_query', { target: 'app-db-rw', sql: 'SELECT 1' });
     expect(textOf(r)).toMatch(/^DENIED by rule default-deny: /);
+    // #8.4: a typo'd target says so, rather than hiding behind a policy denial.
     const ghost = await analyst.call('postgres_query', { target: 'no-such-db', sql: 'SELECT 1' });
-    expect(textOf(ghost)).toMatch(/^DENIED by rule default-deny: /);
+    expect(textOf(ghost)).toBe('INVALID_INPUT: unknown target "no-such-db"');
   });
 
   it('list_targets shows only what this identity may do', async () => {
