@@ -1,0 +1,85 @@
+import { readFileSync } from 'node:fs';
+import { serveStdio } from '../serve.js';
+import { command, configOption, requireConfig, UsageError, type Option } from './command.js';
+
+/** `gatehouse serve` and `gatehouse demo`: the two commands that speak MCP on stdio. */
+
+const transportOption = {
+  type: 'string',
+  default: 'stdio',
+  value: 'stdio|http',
+  help: 'the MCP transport; http (Streamable HTTP, SSE) is not in this release',
+} as const satisfies Option;
+
+export const serve = command({
+  name: 'serve',
+  summary:
+    'the MCP server over stdio; the session identity is the token in GATEHOUSE_TOKEN or --token-file, verified at start (exit 1 if bad) and on every call',
+  details: [
+    'Nothing but MCP messages is written to stdout; logs (pino JSON) go to stderr (GATEHOUSE_LOG_LEVEL=debug for more).',
+  ],
+  options: {
+    config: configOption,
+    'token-file': {
+      type: 'string',
+      value: 'F',
+      help: 'read the token from this file instead of GATEHOUSE_TOKEN, again on every call (a rotated file takes effect at once)',
+    },
+    transport: transportOption,
+  },
+  exits: '0 the session ended, 1 no token or a token refused at start, 2 usage or config error',
+  async run({ values }) {
+    checkTransport(values.transport);
+    const config = requireConfig(values.config);
+    const tokenFile = values['token-file'];
+    if (tokenFile) {
+      try {
+        readFileSync(tokenFile, 'utf8');
+      } catch (err) {
+        throw new UsageError(
+          `cannot read --token-file ${tokenFile}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+        );
+      }
+    }
+    // The token is read again on every call, so a rotated token file takes effect at once.
+    const token = tokenFile
+      ? () => readToken(tokenFile)
+      : () => process.env.GATEHOUSE_TOKEN?.trim() || undefined;
+    return serveStdio(config, token);
+  },
+});
+
+export const demo = command({
+  name: 'demo',
+  summary:
+    'the zero-setup demo over stdio: an embedded PostgreSQL seeded with (fake) PII, the demo policy and a local dev issuer; state in .gatehouse/demo/',
+  details: [
+    'The session identifies itself with a token the demo mints (demo-user, group analysts), also printed on stderr for clients that connect another way.',
+  ],
+  options: { transport: transportOption },
+  exits: '0 the session ended, 2 usage error',
+  async run({ values }) {
+    checkTransport(values.transport);
+    // Loaded only when asked for: the embedded PostgreSQL (PGlite) is heavy to import.
+    const { runDemo } = await import('../demo/demo.js');
+    return runDemo();
+  },
+});
+
+function checkTransport(transport: string): void {
+  if (transport === 'stdio') return;
+  if (transport === 'http') {
+    throw new UsageError(
+      'transport http (Streamable HTTP and SSE) is not available in this release; use --transport stdio',
+    );
+  }
+  throw new UsageError(`unknown transport ${JSON.stringify(transport)}: use stdio`);
+}
+
+function readToken(file: string): string | undefined {
+  try {
+    return readFileSync(file, 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
