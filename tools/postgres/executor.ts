@@ -44,14 +44,12 @@ export class PostgresExecutor {
         `one statement per call (got ${req.statementCount})`,
       );
     }
+    // A call cancelled before its statement went out (by the client, or by shutdown) never
+    // sends it.
+    if (signal.aborted) throw cancelled(target.name, signal.reason);
     const readOnly = req.operation === 'read';
     const pool = this.pools.get(target, readOnly ? 'read' : 'write', limits.timeoutMs);
-    let client: pg.PoolClient;
-    try {
-      client = await pool.connect();
-    } catch (err) {
-      throw connectError(err, target);
-    }
+    const client = await connectUnlessAborted(pool, target, signal);
     // Room for what the byte cap lets through after masking, with slack; past that the
     // rows would be cut anyway.
     const byteBudget = 2 * limits.maxOutputBytes + 64 * 1024;
@@ -225,6 +223,42 @@ function typeName(oid: number): string {
   return TYPE_NAMES[oid] ?? `oid:${oid}`;
 }
 
+function cancelled(target: string, cause: unknown): GovernanceError {
+  return new GovernanceError('TIMEOUT', `query on ${target} was cancelled`, { cause });
+}
+
+/**
+ * A connection from the pool, unless the call is cancelled while it waits for one (a busy
+ * pool queues for up to connectTimeout): the wait ends at once, and a connection the pool
+ * hands over later goes straight back to it.
+ */
+async function connectUnlessAborted(
+  pool: pg.Pool,
+  target: ResolvedPostgresTarget,
+  signal: AbortSignal,
+): Promise<pg.PoolClient> {
+  const connecting = pool.connect();
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(cancelled(target.name, signal.reason));
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([connecting, aborted]);
+  } catch (err) {
+    if (err instanceof GovernanceError) {
+      connecting.then(
+        (late) => late.release(),
+        () => undefined,
+      );
+      throw err;
+    }
+    throw connectError(err, target);
+  } finally {
+    signal.removeEventListener('abort', onAbort!);
+  }
+}
+
 /** Why the pool gave no connection: queueing behind busy ones is not a dead server. */
 function connectError(err: unknown, target: ResolvedPostgresTarget): GovernanceError {
   const message = (err as { message?: unknown }).message;
@@ -272,8 +306,7 @@ function mapPgError(
       { cause: err },
     );
   }
-  if (stopped === 'cancelled')
-    return new GovernanceError('TIMEOUT', `query on ${target} was cancelled`, { cause: err });
+  if (stopped === 'cancelled') return cancelled(target, err);
   if (stopped === 'timeout' || e.code === '57014')
     return new GovernanceError(
       'TIMEOUT',

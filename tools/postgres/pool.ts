@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import pg from 'pg';
+import { GovernanceError } from '../../server/kernel/errors.js';
 import { log } from '../../server/kernel/log.js';
 
 /** A postgres target with its credentials resolved by the gateway (never by the agent). */
@@ -54,6 +55,8 @@ export class PostgresPools {
   private readonly reapPollMs: number;
   private readonly closeGraceMs: number;
   private giveUp!: () => void;
+  /** Set by closeAll: no pool is opened after it (a late call would keep the process alive). */
+  private closed = false;
   /** Settles when shutdown stops waiting for backends. */
   private readonly givenUp = new Promise<void>((resolve) => (this.giveUp = resolve));
 
@@ -64,6 +67,13 @@ export class PostgresPools {
   }
 
   get(target: ResolvedPostgresTarget, mode: PoolMode, statementTimeoutMs: number): pg.Pool {
+    // A pool opened after shutdown closed the others would hold idle connections (and the
+    // process) for idleTimeoutMillis, and run a statement nothing is left to audit.
+    if (this.closed)
+      throw new GovernanceError(
+        'TARGET_ERROR',
+        `the gateway is shutting down; ${target.name} is closed`,
+      );
     // The credential is part of the key (as a digest) so a rotated password gets a fresh pool.
     const credential = createHash('sha256')
       .update(target.password ?? '')
@@ -215,6 +225,7 @@ export class PostgresPools {
    * hang the gateway's exit).
    */
   async closeAll(): Promise<void> {
+    this.closed = true;
     const pools = [...this.pools.values()];
     this.pools.clear();
     const grace = sleep(this.closeGraceMs);
