@@ -1,14 +1,18 @@
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
 import {
-  CallToolRequestSchema,
+  ErrorCode,
   ListToolsRequestSchema,
+  McpError,
+  type CallToolResult,
+  type JSONRPCRequest,
   type ServerNotification,
   type ServerRequest,
 } from '@modelcontextprotocol/sdk/types.js';
 import { listTools } from './tool-list.js';
 import type { RequestContext } from './request.js';
 import { log } from './kernel/log.js';
+import { InFlight } from './lifecycle.js';
 import { ensureRecorder, handleToolCall } from './pipeline.js';
 import type { Runtime } from './runtime.js';
 import type { Session } from './session.js';
@@ -19,8 +23,15 @@ export const SERVER_INFO = { name: 'gatehouse', version: '0.1.0' } as const;
  * One MCP server per session (the SDK binds a server to one transport). The low-level
  * `Server` is used instead of `McpServer` so that input validation, error codes and the
  * audit trail stay in the pipeline: a malformed call is INVALID_INPUT and is audited.
+ *
+ * `calls` tracks the tools/call requests this server has started, so that the session's end
+ * (server/lifecycle.ts) can let them finish, or cancel them, before anything closes.
  */
-export function createMcpServer(rt: Runtime, session: Session): Server {
+export function createMcpServer(
+  rt: Runtime,
+  session: Session,
+  calls: InFlight = new InFlight(),
+): Server {
   const server = new Server(SERVER_INFO, {
     capabilities: { tools: { listChanged: false } },
     instructions:
@@ -37,28 +48,60 @@ export function createMcpServer(rt: Runtime, session: Session): Server {
   };
   const tools = listTools(rt);
   server.setRequestHandler(ListToolsRequestSchema, () => ({ tools }));
-  server.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
+  // tools/call is served by the fallback handler, not setRequestHandler: the SDK checks a
+  // registered tools/call against its own params schema and answers a JSON-RPC error before
+  // any handler runs, so `{"name": 5}` or `"arguments": []` would leave no audit line. Here
+  // every tools/call reaches the pipeline, which refuses a bad shape as INVALID_INPUT with
+  // its decision (rule: input) and outcome on record.
+  server.fallbackRequestHandler = async (
+    req: JSONRPCRequest,
+    extra: RequestHandlerExtra<ServerRequest, ServerNotification>,
+  ) => {
+    if (req.method !== 'tools/call')
+      throw new McpError(ErrorCode.MethodNotFound, 'Method not found');
     session.clientInfo ??= server.getClientVersion() ?? null;
-    return handleToolCall(
-      rt,
-      session,
-      req.params.name,
-      req.params.arguments ?? {},
-      requestContext(server, extra),
+    const { name, args } = callParams(req.params);
+    const started = calls.start(extra.signal, (signal) =>
+      handleToolCall(rt, session, name, args, requestContext(server, extra, signal)),
     );
-  });
+    if (!started) {
+      // Shutdown began: the call is not started, so nothing is decided or audited.
+      throw new McpError(
+        ErrorCode.ConnectionClosed,
+        'the gateway is shutting down; the call was not started',
+      );
+    }
+    return (await started) satisfies CallToolResult;
+  };
   return server;
+}
+
+/**
+ * The tool name and arguments of a tools/call, as sent. A name that is not a string becomes
+ * a text that no tool name matches (bounds refuse it), so the call is refused as
+ * INVALID_INPUT and audited under that text; arguments of any shape go to the tool's strict
+ * input schema, which refuses anything but an object.
+ */
+function callParams(params: JSONRPCRequest['params']): { name: string; args: unknown } {
+  const p: Record<string, unknown> = params ?? {};
+  const name = p.name;
+  const args = p.arguments ?? {};
+  if (typeof name === 'string') return { name, args };
+  // The params came as JSON, so any name but a missing one has a JSON text.
+  const shown = name === undefined ? 'missing' : JSON.stringify(name);
+  return { name: `(tool name not a string: ${shown})`, args };
 }
 
 /** The SDK's per-request context, as the pipeline sees it (server/request.ts). */
 function requestContext(
   server: Server,
   extra: RequestHandlerExtra<ServerRequest, ServerNotification>,
+  signal: AbortSignal,
 ): RequestContext {
   const token = extra._meta?.progressToken;
   const canElicit = server.getClientCapabilities()?.elicitation !== undefined;
   return {
-    signal: extra.signal,
+    signal,
     ...(extra.authInfo ? { authInfo: extra.authInfo } : {}),
     ...(canElicit
       ? {

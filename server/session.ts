@@ -35,3 +35,13 @@ export function newSession(
     recorder: null,
   };
 }
+
+/**
+ * Closes the session's recording (synced to disk), once no call will record into it again:
+ * also one still being created when the session ends.
+ */
+export async function closeRecording(session: Session): Promise<void> {
+  const recorder =
+    session.recorder ?? (await session.recorderPending?.catch(() => undefined)) ?? null;
+  await recorder?.close();
+}
