@@ -82,14 +82,9 @@ export function createMcpServer(
  * INVALID_INPUT and audited under that text; arguments of any shape go to the tool's strict
  * input schema, which refuses anything but an object.
  */
-function callParams(params: JSONRPCRequest['params']): { name: string; args: unknown } {
+function callParams(params: JSONRPCRequest['params']): { name: unknown; args: unknown } {
   const p: Record<string, unknown> = params ?? {};
-  const name = p.name;
-  const args = p.arguments ?? {};
-  if (typeof name === 'string') return { name, args };
-  // The params came as JSON, so any name but a missing one has a JSON text.
-  const shown = name === undefined ? 'missing' : JSON.stringify(name);
-  return { name: `(tool name not a string: ${shown})`, args };
+  return { name: p.name, args: p.arguments ?? {} };
 }
 
 /** The SDK's per-request context, as the pipeline sees it (server/request.ts). */

@@ -110,7 +110,7 @@ type Reached =
 export async function handleToolCall(
   rt: Runtime,
   session: Session,
-  tool: string,
+  tool: unknown,
   args: unknown,
   req: RequestContext,
 ): Promise<CallToolResult> {
@@ -123,7 +123,7 @@ export async function handleToolCall(
     callId: randomUUID(),
     started: Date.now(),
     args,
-    sent: boundCall(tool, args),
+    sent: boundName(tool, args),
   };
   let reached: Reached = received;
   const step = <T extends Reached>(next: T): T => {
@@ -172,6 +172,20 @@ export async function handleToolCall(
   }
   await record(reached, result);
   return result;
+}
+
+/**
+ * The call as sent, bounded. A `tools/call` whose name is not a string (the SDK's schema check
+ * is bypassed so such a call is audited) is refused in parse with its own reason.
+ */
+function boundName(tool: unknown, args: unknown): BoundedCall {
+  if (typeof tool === 'string') return boundCall(tool, args);
+  // The params came as JSON, so any name but a missing one has a JSON text.
+  const shown = tool === undefined ? 'missing' : JSON.stringify(tool);
+  return {
+    ...boundCall(`(tool name not a string: ${shown})`, args),
+    problem: `name: the tool name must be a string (got ${tool === undefined ? 'none' : typeof tool})`,
+  };
 }
 
 function hasDecision(

@@ -1,6 +1,5 @@
 import { GovernanceError } from '../server/kernel/errors.js';
 import type { KindEnv, KindInstance, TargetBase, TargetKind } from './kind.js';
-import { TARGET_KINDS } from './kinds.js';
 import type { RegisteredTool } from './types.js';
 
 export type ToolRegistry = ReadonlyMap<string, RegisteredTool>;
@@ -45,25 +44,4 @@ export function openKinds(
       await Promise.allSettled([...opened.values()].map((o) => o.instance.close()));
     },
   };
-}
-
-/**
- * @deprecated The tools of the offline policy commands, without the gateway's own tools:
- * kept while the CLI moves to server/gateway.ts `openGateway(config, engine, { live: false })`.
- */
-export function createTools(_pools?: unknown): ToolRegistry {
-  return openKinds(
-    TARGET_KINDS,
-    () => ({
-      target: () => undefined,
-      secret: async () => {
-        throw new GovernanceError('INTERNAL', 'offline tools resolve no secrets');
-      },
-      readFile: async () => {
-        throw new GovernanceError('INTERNAL', 'offline tools read no files');
-      },
-      live: false,
-    }),
-    [],
-  ).tools;
 }
