@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it, vi } from 'vitest';
+import { parse } from 'yaml';
 import { z } from 'zod';
 import type { AuditRecord } from '../../recordings/audit.js';
 import { verifyAuditFile } from '../../recordings/audit.js';
@@ -301,6 +302,54 @@ describe.skipIf(!pgInfo.available)('the pipeline seams', () => {
         'INVALID_INPUT: tool kubectl is not available in this release of Gatehouse',
       );
     });
+  });
+
+  it('on every test case of the demo policy, which also gets the decision its test expects', async () => {
+    const text = readFileSync(
+      new URL('../../policies/examples/demo.yaml', import.meta.url),
+      'utf8',
+    );
+    const demo = parse(text) as {
+      tests: Array<{
+        identity: { sub: string; groups: string[] };
+        call: { tool: string; input: Record<string, unknown> };
+        expect: { effect: string; rule: string };
+      }>;
+    };
+    const demoGw = await startGateway({
+      pg: pgInfo,
+      policy: text,
+      extraTargets: {
+        'demo-db': {
+          kind: 'postgres',
+          host: pgInfo.host,
+          port: pgInfo.port,
+          database: pgInfo.database,
+          user: pgInfo.reader.user,
+          password: { env: 'GH_TEST_READER_PASSWORD' },
+        },
+      },
+    });
+    try {
+      expect(demo.tests.length).toBeGreaterThan(3);
+      for (const t of demo.tests) {
+        const client = await demoGw.connect(await demoGw.mint(t.identity.sub, t.identity.groups));
+        const explained = (await client.call('explain', t.call)).structuredContent;
+        expect(explained, JSON.stringify(t)).toMatchObject(t.expect);
+        const real = await client.call(t.call.tool, t.call.input);
+        const line = (await readFile(path.join(demoGw.dir, 'audit.jsonl'), 'utf8'))
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as AuditRecord)
+          .findLast((l) => l.kind === 'decision')!;
+        expect(line.decision).toMatchObject(t.expect);
+        if (t.expect.effect === 'allow') expect(real.isError, textOf(real)).toBeFalsy();
+        else expect(real.isError).toBe(true);
+        await client.close();
+      }
+    } finally {
+      await demoGw.close();
+    }
   });
 
   describe('an audit log that cannot be written', () => {
