@@ -1,16 +1,35 @@
 import path from 'node:path';
 import { glob } from 'tinyglobby';
 import { ConfigError } from '../server/kernel/errors.js';
-import { loadYamlFile } from '../server/kernel/yaml.js';
+import { loadYamlFile, nearest } from '../server/kernel/yaml.js';
 import { PolicyEngine } from './engine.js';
 import { PolicyFile, type PolicyTest, type Rule } from './schema.js';
 import type { MaskProfile } from './masking.js';
 
+/** A loaded policy file: its path, and where a key path of it sits (`file:line:col`). */
+export interface PolicySource {
+  readonly file: string;
+  /** A path that is not in the file is reported at its nearest parent. */
+  readonly locate: (path: readonly PropertyKey[]) => string;
+}
+
 export interface PolicySet {
   readonly engine: PolicyEngine;
   readonly profiles: Readonly<Record<string, MaskProfile>>;
-  readonly tests: ReadonlyArray<{ file: string; test: PolicyTest; where: string }>;
+  readonly tests: ReadonlyArray<{
+    file: string;
+    test: PolicyTest;
+    where: string;
+    /** Its index under `tests:` of its source, to point at its keys. */
+    index: number;
+    source: PolicySource;
+  }>;
   readonly files: readonly string[];
+  /**
+   * Each rule with its file and index under `rules:`, so that checks against the gateway's
+   * own names (server/policy-lint.ts) can point at the list item that is wrong.
+   */
+  readonly rules: ReadonlyArray<{ rule: Rule; index: number; source: PolicySource }>;
 }
 
 /**
@@ -28,10 +47,10 @@ export async function loadPolicies(
     if (found.length === 0) issues.push(`${configFile}:1:1: policies: ${pattern} matches no file`);
     files.push(...found.filter((f) => !files.includes(f)));
   }
-  const rules: Rule[] = [];
+  const rules: Array<PolicySet['rules'][number]> = [];
   const ruleWhere = new Map<string, string>();
   const profiles: Record<string, MaskProfile> = {};
-  const tests: Array<{ file: string; test: PolicyTest; where: string }> = [];
+  const tests: Array<PolicySet['tests'][number]> = [];
   const maskRefs: Array<{ name: string; where: string }> = [];
 
   for (const file of files) {
@@ -46,6 +65,7 @@ export async function loadPolicies(
       throw err;
     }
     const { value, locate } = parsed;
+    const source: PolicySource = { file, locate };
     value.rules.forEach((rule, i) => {
       const where = locate(['rules', i, 'id']);
       const seen = ruleWhere.get(rule.id);
@@ -54,7 +74,7 @@ export async function loadPolicies(
           `${where}: rules.${i}.id: duplicate rule id "${rule.id}" (first defined at ${seen})`,
         );
       else ruleWhere.set(rule.id, where);
-      rules.push(rule);
+      rules.push({ rule, index: i, source });
       (rule.mask ?? []).forEach((name, j) =>
         maskRefs.push({ name, where: `${locate(['rules', i, 'mask', j])}: rules.${i}.mask.${j}` }),
       );
@@ -64,13 +84,24 @@ export async function loadPolicies(
         issues.push(`${locate(['masking', name])}: masking.${name}: defined twice`);
       profiles[name] = profile;
     }
-    value.tests.forEach((test, i) => tests.push({ file, test, where: locate(['tests', i]) }));
+    value.tests.forEach((test, i) =>
+      tests.push({ file, test, where: locate(['tests', i]), index: i, source }),
+    );
   }
   for (const ref of maskRefs) {
-    if (!profiles[ref.name]) issues.push(`${ref.where}: unknown masking profile "${ref.name}"`);
+    if (profiles[ref.name]) continue;
+    const near = nearest(ref.name, Object.keys(profiles));
+    const hint = near === undefined ? '' : ` (did you mean "${near}"?)`;
+    issues.push(`${ref.where}: unknown masking profile "${ref.name}"${hint}`);
   }
   if (issues.length > 0) throw new ConfigError(issues[0]!, issues);
-  return Object.freeze({ engine: new PolicyEngine(rules), profiles, tests, files });
+  return Object.freeze({
+    engine: new PolicyEngine(rules.map((r) => r.rule)),
+    profiles,
+    tests,
+    files,
+    rules,
+  });
 }
 
 function toPosix(p: string): string {

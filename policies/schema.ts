@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { Duration } from '../server/kernel/units.js';
 import { parseSize } from '../server/kernel/units.js';
+import { nearest } from '../server/kernel/yaml.js';
 import { DETECTOR_NAMES } from './masking.js';
 
 /** The policy file format (CONTRACT section 5). Strict: an unknown key is an error, not a no-op. */
@@ -79,8 +80,21 @@ export const Rule = z
   });
 export type Rule = z.infer<typeof Rule>;
 
+/** A detector name; a misspelt one names the nearest real detector. */
+const Detector = z.enum(DETECTOR_NAMES, {
+  error: (issue) => {
+    const near = typeof issue.input === 'string' ? nearest(issue.input, DETECTOR_NAMES) : undefined;
+    return (
+      `unknown detector ${JSON.stringify(issue.input)}` +
+      (near === undefined
+        ? `; detectors are ${DETECTOR_NAMES.join(', ')}`
+        : ` (did you mean "${near}"?)`)
+    );
+  },
+});
+
 export const MaskProfileSchema = z.strictObject({
-  detectors: z.array(z.enum(DETECTOR_NAMES)).default([]),
+  detectors: z.array(Detector).default([]),
   columns: z.array(z.string().min(1)).default([]),
   style: z.enum(['redact', 'partial', 'pseudonym']).default('redact'),
 });

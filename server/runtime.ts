@@ -8,6 +8,7 @@ import { createVerifier, type Verifier } from './identity/identity.js';
 import { ConfigError, GovernanceError } from './kernel/errors.js';
 import { log } from './kernel/log.js';
 import { describeSecretRef, resolveSecret, type SecretRef } from './kernel/secrets.js';
+import { formatFinding, lintGateway, refuseErrors, type Finding } from './policy-lint.js';
 import { loadPolicies, type PolicySet } from '../policies/load.js';
 import { createMasker, type Masker } from '../policies/masking.js';
 import { AuditLog } from '../recordings/audit.js';
@@ -35,10 +36,13 @@ export interface Runtime {
 export async function loadGateway(
   configFile: string,
   kinds?: readonly TargetKind[],
-): Promise<{ config: GatehouseConfig; policies: PolicySet }> {
+): Promise<{ config: GatehouseConfig; policies: PolicySet; warnings: Finding[] }> {
   const config = await loadConfig(configFile, kinds);
   const policies = await loadPolicies(config.policies, config.file);
-  return { config, policies };
+  // A rule on a misspelt tool, operation or tag never matches (a deny that fails open):
+  // refused here, so no command and no gateway runs on it.
+  const warnings = refuseErrors(lintGateway(config, policies, kinds));
+  return { config, policies, warnings };
 }
 
 export interface RuntimeOptions {
@@ -50,7 +54,8 @@ export async function createRuntime(
   configFile: string,
   opts: RuntimeOptions = {},
 ): Promise<Runtime> {
-  const { config, policies } = await loadGateway(configFile, opts.kinds);
+  const { config, policies, warnings } = await loadGateway(configFile, opts.kinds);
+  for (const w of warnings) log.warn({}, formatFinding(w));
   await checkTargetSecrets(config, opts.kinds ?? TARGET_KINDS);
   const id = config.identity;
   const verifier = await createVerifier({

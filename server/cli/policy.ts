@@ -7,6 +7,13 @@ import type { GatehouseConfig } from '../config.js';
 import { openGateway } from '../gateway.js';
 import { ConfigError, GovernanceError } from '../kernel/errors.js';
 import { loadYamlFile } from '../kernel/yaml.js';
+import {
+  checkSecrets,
+  formatFinding,
+  PolicyMistakes,
+  refuseErrors,
+  type Finding,
+} from '../policy-lint.js';
 import { loadGateway } from '../runtime.js';
 import {
   command,
@@ -43,8 +50,12 @@ const check = command({
   options: { config: configOption },
   exits: '0 valid, 1 invalid (one file:line:col: message line per problem on stdout), 2 no config',
   async run({ values }, io) {
+    const warn = (ws: readonly Finding[]) =>
+      ws.forEach((w) => io.err.write(`gatehouse: ${formatFinding(w)}\n`));
     try {
-      const { config, policies } = await loadGateway(requireConfig(values.config));
+      const { config, policies, warnings } = await loadGateway(requireConfig(values.config));
+      // Every secret reference resolved, never printed: unset warns, too short is an error.
+      warn(refuseErrors([...warnings, ...(await checkSecrets(config))]));
       io.out.write(
         `ok: ${plural(policies.engine.rules.length, 'rule')} in ${plural(policies.files.length, 'file')}, ` +
           `${plural(Object.keys(config.targets).length, 'target')}, ${plural(policies.tests.length, 'test')}\n`,
@@ -52,6 +63,7 @@ const check = command({
       return 0;
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
+      if (err instanceof PolicyMistakes) warn(err.warnings);
       io.out.write(err.issues.join('\n') + '\n');
       return 1;
     }
@@ -69,7 +81,8 @@ const test = command({
   options: { config: configOption },
   exits: '0 every test passed, 1 a test failed, 2 usage or config error',
   async run({ values, positionals }, io) {
-    const { config, policies } = await loadGateway(requireConfig(values.config));
+    const { config, policies, warnings } = await loadGateway(requireConfig(values.config));
+    warnings.forEach((w) => io.err.write(`gatehouse: ${formatFinding(w)}\n`));
     const cases =
       positionals.length > 0
         ? await loadTestsFrom(
