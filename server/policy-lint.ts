@@ -248,7 +248,8 @@ export async function checkSecrets(
 }
 
 function unreadable(ref: Parameters<typeof describeSecretRef>[0], err: unknown): string {
-  if ('env' in ref) return `${describeSecretRef(ref)} is not set`;
+  if ('env' in ref)
+    return `${describeSecretRef(ref)} ${process.env[ref.env] === '' ? 'is empty' : 'is not set'}`;
   const code = (err as { cause?: { code?: unknown } }).cause?.code;
   return `${describeSecretRef(ref)} cannot be read${typeof code === 'string' ? ` (${code})` : ''}`;
 }

@@ -378,6 +378,7 @@ describe('secrets (policy check)', () => {
   });
 
   it('says which are missing (warning) or too short (error), never their value', async () => {
+    process.env.GH_LINT_HMAC = '';
     process.env.GH_LINT_SHORT = 'hunter2';
     process.env.GH_LINT_LONG = 'a-long-enough-secret';
     await write('policy.yaml', 'rules: []\n');
@@ -426,7 +427,7 @@ policies: [./policy.yaml]
       `${file}:18:15: targets.short-db.password: environment variable GH_LINT_SHORT is shorter than 8 characters (the gateway refuses it)`,
       `warning: ${file}:29:17: targets.web-1.privateKey: file ./no-such-key cannot be read (ENOENT)`,
       `${file}:33:17: targets.prod.kubeconfig: file short.key is shorter than 8 characters (the gateway refuses it)`,
-      `warning: ${file}:5:15: identity.hmacSecret: environment variable GH_LINT_HMAC is not set`,
+      `warning: ${file}:5:15: identity.hmacSecret: environment variable GH_LINT_HMAC is empty`,
     ]);
     const text = findings.join('\n');
     expect(text).not.toContain('hunter2');
