@@ -25,27 +25,33 @@ export function describeSecretRef(ref: SecretRef): string {
 
 /**
  * Resolve a secret reference at the last moment. The value is returned to the caller that
- * needs it and never logged; errors name the reference, not the value.
+ * needs it and never logged; errors name the reference, never the value:
+ * `credentials for target shop-db are not available: environment variable SHOP_DB_PASSWORD
+ * is not set`. The reference is config, not a secret, and without it the agent (whose client
+ * may hide the gateway's stderr) could only say that something is wrong.
  */
 export async function resolveSecret(
   ref: SecretRef,
   baseDir: string,
   what: string,
 ): Promise<string> {
+  const unavailable = (why: string, cause?: unknown) =>
+    new GovernanceError(
+      'TARGET_ERROR',
+      `credentials for ${what} are not available: ${describeSecretRef(ref)} ${why}`,
+      cause === undefined ? {} : { cause },
+    );
   if ('env' in ref) {
     const v = process.env[ref.env];
-    if (v === undefined || v === '') {
-      throw new GovernanceError('TARGET_ERROR', `credentials for ${what} are not available`, {
-        cause: new Error(`environment variable ${ref.env} is not set`),
-      });
-    }
+    if (v === undefined) throw unavailable('is not set');
+    if (v === '') throw unavailable('is empty');
     return v;
   }
   try {
     return (await readFile(resolvePath(baseDir, ref.file), 'utf8')).replace(/\r?\n$/, '');
   } catch (err) {
-    throw new GovernanceError('TARGET_ERROR', `credentials for ${what} are not available`, {
-      cause: err,
-    });
+    // Its errno code; the fs error's own text (with the resolved path) stays in the cause.
+    const code = (err as { code?: unknown }).code;
+    throw unavailable(`cannot be read${typeof code === 'string' ? ` (${code})` : ''}`, err);
   }
 }

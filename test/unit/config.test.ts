@@ -149,7 +149,8 @@ describe('config', () => {
     await expect(missing).rejects.toBeInstanceOf(GovernanceError);
     await expect(missing).rejects.toMatchObject({
       code: 'TARGET_ERROR',
-      message: 'credentials for target x are not available',
+      message:
+        'credentials for target x are not available: environment variable GH_UNIT_NOT_SET is not set',
     });
   });
 });
