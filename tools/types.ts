@@ -48,12 +48,9 @@ export interface CallDescription<P = unknown> {
   plan: P;
 }
 
-export interface ExecContext<T, P> {
+export interface ExecContext<T, P> extends RunContext {
   target: T;
   plan: P;
-  limits: ResolvedLimits;
-  signal: AbortSignal;
-  principal: Principal;
 }
 
 /** What an executor hands back, before masking and rendering. */
@@ -132,6 +129,12 @@ export interface RunContext {
   limits: ResolvedLimits;
   signal: AbortSignal;
   principal: Principal;
+  /**
+   * The deciding rule's id, so a limit's error text can name the rule that set it
+   * (`TIMEOUT: ... time limit of 5s (rule analysts-read)`). Optional until the pipeline
+   * passes it.
+   */
+  rule?: string;
 }
 
 /**

@@ -7,7 +7,11 @@ import {
   type StatementClass,
   type StatementRefs,
 } from './classify.js';
+import { GovernanceError } from '../../server/kernel/errors.js';
+import { formatDuration } from '../../server/kernel/units.js';
+import { connectError } from './check.js';
 import type { PostgresPools, ResolvedPostgresTarget } from './pool.js';
+import { clientStream } from './wire-guard.js';
 
 /**
  * What the parse tree alone cannot tell: which names in a statement resolve, on this target,
@@ -443,14 +447,53 @@ export class CatalogSource {
     const found = await this.resolve(name);
     if (!found) return undefined;
     const pool = this.pools.get(found.target, 'read', CATALOG_TIMEOUT_MS);
-    const client = await pool.connect();
+    let client: pg.PoolClient;
     try {
-      return await this.cache.get(name, client, trustList(found.trusted));
-    } finally {
+      client = await pool.connect();
+    } catch (err) {
+      // Usually the first connection a call makes: its failure says why, in check.ts's words.
+      throw connectError(err, found.target);
+    }
+    // pg-pool listens for a client's 'error' only while it is idle: a connection that dies
+    // under the check (a server restart, a terminated backend, a cut network) would be an
+    // unhandled event, and take the gateway down. The check's own query fails with it.
+    const onError = () => undefined;
+    client.on('error', onError);
+    // A server that took the connection and then stops answering (a stalled host, a pooler
+    // waiting for a backend) would hold the call forever: statement_timeout is the server's
+    // own promise, and describe has no signal to be cancelled by.
+    let timer: NodeJS.Timeout | undefined;
+    const noAnswer = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        clientStream(client)?.destroy();
+        reject(
+          new GovernanceError(
+            'TARGET_ERROR',
+            `${name} did not answer the catalog check within ${formatDuration(CATALOG_BACKSTOP_MS)}, so the statement was not run`,
+          ),
+        );
+      }, CATALOG_BACKSTOP_MS);
+    });
+    try {
+      const catalog = await Promise.race([
+        this.cache.get(name, client, trustList(found.trusted)),
+        noAnswer,
+      ]);
+      client.off('error', onError);
       client.release();
+      return catalog;
+    } catch (err) {
+      // Not reused: the session may be broken, or still busy. The listener stays, for the
+      // closing socket's last word.
+      client.release(true);
+      throw err;
+    } finally {
+      clearTimeout(timer);
     }
   }
 }
 
 /** The catalog queries' statement_timeout: they touch user objects only, and are quick. */
 const CATALOG_TIMEOUT_MS = 10_000;
+/** The gateway's own limit on the check, a little after the server's. */
+const CATALOG_BACKSTOP_MS = CATALOG_TIMEOUT_MS + 2_000;

@@ -1,4 +1,7 @@
 import pg from 'pg';
+import { GovernanceError } from '../../server/kernel/errors.js';
+import { head } from '../../server/kernel/text.js';
+import { formatDuration } from '../../server/kernel/units.js';
 import { connectionConfig, type ResolvedPostgresTarget } from './pool.js';
 
 /**
@@ -87,16 +90,29 @@ export function roleWarnings(r: RoleRow, as: string): string[] {
   return out;
 }
 
-/** Why a connection failed, in words an operator can act on; never a secret. */
+/**
+ * Why a connection failed, in words an operator (and an agent) can act on: the one place for
+ * these words, used by `gatehouse targets check` and by every connection a call makes. Never
+ * a secret: known failures are described from the target's config, not the driver's text;
+ * anything else shows the driver's code and first line with the password blanked out.
+ */
 export function connectFailure(err: unknown, target: ResolvedPostgresTarget): string {
-  const e = err as { code?: string; message?: string };
+  const e = err as { code?: unknown; message?: unknown };
+  const code = typeof e.code === 'string' ? e.code : undefined;
+  const message = typeof e.message === 'string' ? e.message : '';
   const where = `${target.host}:${target.port}`;
-  switch (e.code) {
+  switch (code) {
     case '28P01':
     case '28000':
-      return `authentication failed for user ${target.user} (wrong password, or pg_hba.conf refuses it)`;
+      return `authentication failed for user ${target.user} (wrong password, no such role, or pg_hba.conf refuses it)`;
     case '3D000':
       return `database ${target.database} does not exist on ${where}`;
+    case '42501':
+      return `user ${target.user} may not connect to database ${target.database} (no CONNECT privilege)`;
+    case '53300':
+      return `${where} has no connection slots left (too many clients)`;
+    case '57P03':
+      return `${where} is starting up, shutting down or in recovery; try again later`;
     case 'ECONNREFUSED':
       return `connection refused by ${where} (is PostgreSQL listening there?)`;
     case 'ENOTFOUND':
@@ -105,12 +121,51 @@ export function connectFailure(err: unknown, target: ResolvedPostgresTarget): st
     case 'EHOSTUNREACH':
     case 'ENETUNREACH':
       return `${where} is unreachable`;
-    default:
-      if (/timeout/i.test(e.message ?? '')) {
-        return `no answer from ${where} within ${target.connectTimeoutMs / 1000}s`;
-      }
-      return `${e.code ? `${e.code} ` : ''}${(e.message ?? 'connection failed').replaceAll(target.password ?? '\0', '[secret]')}`;
+    case 'ETIMEDOUT':
+      return `no answer from ${where} (the network gave up on the connection)`;
+    case 'ECONNRESET':
+      return `${where} closed the connection before it was ready (is it PostgreSQL?)`;
   }
+  // The pool's and the client's own connect timers (`connectTimeout` of the target).
+  if (/timeout/i.test(message)) {
+    return `no answer from ${where} within ${formatDuration(target.connectTimeoutMs)} (the target's connectTimeout)`;
+  }
+  if (/^Connection terminated/.test(message)) {
+    return `${where} closed the connection before it was ready (is it PostgreSQL?)`;
+  }
+  if (/client password must be a string/.test(message)) {
+    return `${where} asks user ${target.user} for a password, and target ${target.name} has none configured`;
+  }
+  if (/does not support SSL/i.test(message)) {
+    return `${where} does not accept TLS connections (the target has ssl: ${target.ssl})`;
+  }
+  if (code !== undefined && /^(ERR_TLS_|CERT_|DEPTH_|SELF_SIGNED|UNABLE_TO_)/.test(code)) {
+    return `the TLS certificate of ${where} was not accepted (${code})`;
+  }
+  const firstLine = head(message.split('\n')[0] ?? '', 300) || 'connection failed';
+  const text = `${code ? `${code} ` : ''}${firstLine}`;
+  return target.password ? text.replaceAll(target.password, '[secret]') : text;
+}
+
+/**
+ * A connection a call could not get, as the agent sees it: `cannot connect to NAME: <why>`
+ * in connectFailure's words, the driver error kept as the private cause (stderr log). A pool with no free slot is not a dead server: node-postgres fails a wait for one
+ * with "timeout exceeded when trying to connect", which is LIMIT_EXCEEDED (busy).
+ */
+export function connectError(err: unknown, target: ResolvedPostgresTarget): GovernanceError {
+  if (err instanceof GovernanceError) return err;
+  const message = (err as { message?: unknown }).message;
+  if (typeof message === 'string' && message.includes('timeout exceeded when trying to connect'))
+    return new GovernanceError(
+      'LIMIT_EXCEEDED',
+      `all ${target.poolSize} connections to ${target.name} are busy; try again later`,
+      { cause: err },
+    );
+  return new GovernanceError(
+    'TARGET_ERROR',
+    `cannot connect to ${target.name}: ${connectFailure(err, target)}`,
+    { cause: err },
+  );
 }
 
 /** Connect as the gateway would, then report on the role. */

@@ -122,6 +122,7 @@ export function postgresQueryTool(
         },
         ctx.limits,
         ctx.signal,
+        ctx.rule,
       );
     },
   };
@@ -182,17 +183,26 @@ async function withCatalog(
   return { c: catalog ? refineClassification(c, catalog) : c };
 }
 
-/** Why a statement whose catalog check failed is not run: the connection, or the check. */
+/**
+ * Why a statement whose catalog check failed is not run. A failure already worded for the
+ * agent passes as it is: a connection that could not be made says why (connectError, from
+ * the catalog's own connection: usually the first a call makes), a credential that is not
+ * available names its reference. Anything else is the check failing, or the connection
+ * breaking under it.
+ */
 function uncheckedError(target: string, err: unknown): GovernanceError {
+  if (err instanceof GovernanceError) return err;
   const code = (err as { code?: string }).code ?? '';
+  // A statement_timeout (57014) is the check being slow, not the connection failing.
   const connection =
-    /^(08|28|3D|53)/.test(code) ||
-    /^E[A-Z]+$/.test(code) ||
-    /connect|terminated|timeout/i.test((err as Error).message ?? '');
+    code !== '57014' &&
+    (/^(08|28|3D|53|57P)/.test(code) ||
+      /^E[A-Z]+$/.test(code) ||
+      /connect|terminated|timeout/i.test((err as Error).message ?? ''));
   return new GovernanceError(
     'TARGET_ERROR',
     connection
-      ? `cannot connect to ${target}`
+      ? `the connection to ${target} failed while checking what the statement reaches, so it was not run`
       : `cannot check what the statement reaches in the catalog of ${target}, so it was not run`,
     { cause: err },
   );

@@ -6,6 +6,7 @@ import type { ColumnOrigin } from '../../policies/masking.js';
 import type { ResolvedLimits } from '../../policies/engine.js';
 import type { ToolOutput } from '../types.js';
 import { BoundedQuery } from './bounded-query.js';
+import { connectError } from './check.js';
 import type { PostgresPools, ResolvedPostgresTarget, RetireReason } from './pool.js';
 import { clientStream, guardClient, type Oversize, type WireGuard } from './wire-guard.js';
 
@@ -36,6 +37,8 @@ export class PostgresExecutor {
     req: QueryRequest,
     limits: ResolvedLimits,
     signal: AbortSignal,
+    /** The rule whose limits these are, named in TIMEOUT and LIMIT_EXCEEDED texts. */
+    rule?: string,
   ): Promise<ToolOutput> {
     if (req.statementCount !== 1) {
       // The extended protocol refuses several statements anyway; say it plainly first.
@@ -108,7 +111,7 @@ export class PostgresExecutor {
       return { kind: 'rows', columns, rows: values, rowCount, truncated, operation: req.operation };
     } catch (err) {
       destroy = true;
-      throw mapPgError(err, target.name, limits, stopped, guard.tripped);
+      throw mapPgError(err, target.name, limits, rule, stopped, guard.tripped);
     } finally {
       clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);
@@ -259,18 +262,6 @@ async function connectUnlessAborted(
   }
 }
 
-/** Why the pool gave no connection: queueing behind busy ones is not a dead server. */
-function connectError(err: unknown, target: ResolvedPostgresTarget): GovernanceError {
-  const message = (err as { message?: unknown }).message;
-  if (typeof message === 'string' && message.includes('timeout exceeded when trying to connect'))
-    return new GovernanceError(
-      'LIMIT_EXCEEDED',
-      `all ${target.poolSize} connections to ${target.name} are busy; try again later`,
-      { cause: err },
-    );
-  return new GovernanceError('TARGET_ERROR', `cannot connect to ${target.name}`, { cause: err });
-}
-
 const MESSAGE_KINDS: Record<string, string> = {
   D: 'a single row of the result',
   E: 'an error message',
@@ -286,38 +277,46 @@ function formatBytes(n: number): string {
 
 /**
  * The server's own error text is useful to the agent (a missing column, a permission error)
- * and passes through masking before it is shown. Connection-level failures are summarized:
- * their messages can carry host names and user names the agent has no business seeing.
+ * and passes through masking before it is shown. A connection that broke is said to have
+ * broken, without the driver's text: it can carry host names and user names the agent has no
+ * business seeing. Limits name the rule that set them, so the agent (and its human) know
+ * what to change.
  */
 function mapPgError(
   err: unknown,
   target: string,
   limits: ResolvedLimits,
+  rule: string | undefined,
   stopped: RetireReason | undefined,
   oversize: Oversize | undefined,
 ): GovernanceError {
   if (err instanceof GovernanceError) return err;
   const e = err as { code?: string; message?: string; position?: string };
+  const byRule = rule ? ` (rule ${rule})` : '';
   if (oversize) {
     const what = MESSAGE_KINDS[oversize.type] ?? `a message (type ${oversize.type})`;
     return new GovernanceError(
       'LIMIT_EXCEEDED',
-      `${what} from ${target} is larger than the output limit of ${formatBytes(limits.maxOutputBytes)}`,
+      `${what} from ${target} is larger than the output limit of ${formatBytes(limits.maxOutputBytes)}${byRule}`,
       { cause: err },
     );
   }
   if (stopped === 'cancelled') return cancelled(target, err);
+  // `timeout`: the gateway's own backstop, for a statement that ignored statement_timeout.
   if (stopped === 'timeout' || e.code === '57014')
     return new GovernanceError(
       'TIMEOUT',
-      `query on ${target} exceeded its time limit of ${formatDuration(limits.timeoutMs)}`,
+      `query on ${target} exceeded its time limit of ${formatDuration(limits.timeoutMs)}${byRule}`,
       { cause: err },
     );
+  const params = e.code === '08P01' ? paramCountMismatch(e.message) : undefined;
+  if (params) return new GovernanceError('INVALID_INPUT', params, { cause: err });
   if (
     typeof e.code === 'string' &&
     /^[0-9A-Z]{5}$/.test(e.code) &&
-    !e.code.startsWith('08') &&
-    !e.code.startsWith('28')
+    // The server's answer to this statement; other connection and authentication classes
+    // are the connection failing, not the statement.
+    (e.code === '08P01' || (!e.code.startsWith('08') && !e.code.startsWith('28')))
   ) {
     const pos = e.position ? ` (at position ${e.position})` : '';
     return new GovernanceError(
@@ -327,7 +326,41 @@ function mapPgError(
       { cause: err, ...(e.message ? { detail: e.message } : {}) },
     );
   }
-  return new GovernanceError('TARGET_ERROR', `${target}: the database connection failed`, {
-    cause: err,
-  });
+  if (
+    stopped === 'connection-lost' ||
+    typeof e.code === 'string' ||
+    /connection|terminated|socket/i.test(e.message ?? '')
+  ) {
+    return new GovernanceError(
+      'TARGET_ERROR',
+      `the connection to ${target} was lost during the statement (the server closed it, or the network failed)`,
+      { cause: err },
+    );
+  }
+  return new GovernanceError('INTERNAL', 'internal error; see the gateway log', { cause: err });
+}
+
+/**
+ * PostgreSQL counts a statement's parameters when it parses it (up to the highest $n) and
+ * refuses a Bind that supplies another number, as a protocol violation (08P01), before
+ * anything runs. The server's count is the one that matters, so its answer is read rather
+ * than the placeholders counted a second time here; it is the caller's input that is wrong.
+ */
+function paramCountMismatch(message: string | undefined): string | undefined {
+  const m =
+    /bind message supplies (\d+) parameters?, but prepared statement "[^"]*" requires (\d+)/.exec(
+      message ?? '',
+    );
+  if (!m) return undefined;
+  const given = Number(m[1]);
+  const required = Number(m[2]);
+  const has =
+    required === 0
+      ? 'no $n placeholders'
+      : required === 1
+        ? 'placeholder $1'
+        : `placeholders $1..$${required}`;
+  const gave =
+    given === 0 ? 'no params were' : given === 1 ? '1 param was' : `${given} params were`;
+  return `the statement has ${has} but ${gave} given (params needs exactly one value for each placeholder)`;
 }
