@@ -1,5 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
 import path from 'node:path';
 import type pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it, vi } from 'vitest';
@@ -11,6 +13,8 @@ import type { TargetKind } from '../../tools/kind.js';
 import { TARGET_KINDS } from '../../tools/kinds.js';
 import { bindTool, type ToolDefinition } from '../../tools/types.js';
 import { GovernanceError } from '../../server/kernel/errors.js';
+import { createMcpServer } from '../../server/mcp.js';
+import { newSession } from '../../server/session.js';
 import { startGateway, textOf, type TestClient, type TestGateway } from '../helpers/gateway.js';
 import { snapshotState } from '../helpers/pg-state.js';
 import { connectAs } from '../helpers/postgres.js';
@@ -350,6 +354,28 @@ describe.skipIf(!pgInfo.available)('the pipeline seams', () => {
     } finally {
       await demoGw.close();
     }
+  });
+
+  it("bounds the client's name and version before the recording keeps them", async () => {
+    const session = newSession('memory', () => token);
+    const token = await gw.mint('ana', ['analysts']);
+    const server = createMcpServer(gw.rt, session);
+    const [clientSide, serverSide] = InMemoryTransport.createLinkedPair();
+    const client = new Client({ name: 'n'.repeat(9_000_000), version: 'v\u202e'.repeat(1000) });
+    await server.connect(serverSide);
+    await client.connect(clientSide);
+    await client.callTool({ name: 'list_targets', arguments: {} });
+    await client.close();
+    await server.close();
+    await session.recorder?.close();
+    const file = path.join(gw.dir, 'recordings', `${session.id}.jsonl`);
+    const { size } = await stat(file);
+    expect(size).toBeLessThan(64 * 1024);
+    const header = JSON.parse((await readFile(file, 'utf8')).split('\n')[0]!) as {
+      client: { name: string; version: string };
+    };
+    expect(header.client.name).toHaveLength(256);
+    expect(header.client.version.length).toBeLessThanOrEqual(256);
   });
 
   describe('an audit log that cannot be written', () => {
