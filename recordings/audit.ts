@@ -58,6 +58,8 @@ export interface AuditRecord {
     exitCode?: number | null;
     durationMs: number;
     code?: string;
+    /** Why a failed call failed: the text the agent saw (masked, secrets scrubbed), bounded. */
+    reason?: string;
   } | null;
   /** Counts per detector on an outcome line ({} when nothing was masked); null on a decision line. */
   masked?: Record<string, number> | null;

@@ -14,6 +14,7 @@ import { boundCall, wellFormedDeep, type BoundedCall } from './bounds.js';
 import type { Identity } from './identity/identity.js';
 import { GovernanceError, toGovernanceError } from './kernel/errors.js';
 import { log } from './kernel/log.js';
+import { formatBytes } from './kernel/units.js';
 import { head } from './kernel/text.js';
 import { fence, renderRows, renderText } from './render.js';
 import type { RequestContext } from './request.js';
@@ -265,6 +266,7 @@ async function execute(c: Connected): Promise<Executed> {
     limits: c.decision.limits,
     signal: c.req.signal,
     principal: c.principal,
+    rule: c.decision.rule,
   });
   return { ...c, stage: 'executed', output };
 }
@@ -276,16 +278,27 @@ function mask(c: Executed): Masked {
   switch (output.kind) {
     case 'rows': {
       const masked = masker.maskRows(output.columns, output.rows);
-      let rows = masked.value;
-      let truncated = output.truncated;
-      // The byte limit bounds what the agent's context receives, whatever the row count.
-      while (
-        rows.length > 0 &&
-        Buffer.byteLength(JSON.stringify(rows)) > c.decision.limits.maxOutputBytes
-      ) {
-        rows = rows.slice(0, Math.floor(rows.length / 2));
-        truncated = true;
+      // The byte limit bounds what the agent's context receives, whatever the row count:
+      // the longest prefix of rows that fits. A first row that alone is over it is an error
+      // that says so, not "0 rows".
+      const max = c.decision.limits.maxOutputBytes;
+      let size = 2; // the brackets of the rows array
+      let fit = 0;
+      for (const row of masked.value) {
+        size += Buffer.byteLength(JSON.stringify(row)) + (fit > 0 ? 1 : 0);
+        if (size > max) break;
+        fit++;
       }
+      if (fit === 0 && masked.value.length > 0) {
+        throw new GovernanceError(
+          'LIMIT_EXCEEDED',
+          `a single row of the result from ${c.described.description.target ?? 'the target'} is ` +
+            `larger than the output limit of ${formatBytes(max)} (rule ${c.decision.rule})`,
+          { rule: c.decision.rule },
+        );
+      }
+      const rows = masked.value.slice(0, fit);
+      const truncated = output.truncated || fit < masked.value.length;
       return {
         ...c,
         stage: 'masked',
@@ -497,7 +510,7 @@ function auditRecord(
     rec.outcome = {
       status: result?.isError ? 'error' : 'ok',
       durationMs: Date.now() - c.started,
-      ...(failure ? { code: failure.code } : {}),
+      ...(failure ? { code: failure.code, reason: outcomeReason(result, failure) } : {}),
       ...(shown?.kind === 'rows' && !result?.isError ? { rows: shown.rows.length } : {}),
       ...(o?.kind === 'text'
         ? { bytes: o.bytes, ...(o.exitCode !== undefined ? { exitCode: o.exitCode } : {}) }
@@ -507,6 +520,15 @@ function auditRecord(
   }
   // Canonical JSON (RFC 8785) refuses lone surrogates; a token claim or an input can hold one.
   return wellFormedDeep(rec);
+}
+
+/**
+ * A failed call's reason on its outcome line: the text the agent saw (already masked and
+ * scrubbed of secrets: a target's error text can quote stored values), bounded.
+ */
+function outcomeReason(result: CallToolResult | undefined, failure: GovernanceError): string {
+  const shown = (result?.structuredContent as { reason?: unknown } | undefined)?.reason;
+  return head(typeof shown === 'string' ? shown : failure.code, 2048);
 }
 
 /**

@@ -130,11 +130,10 @@ export interface RunContext {
   signal: AbortSignal;
   principal: Principal;
   /**
-   * The deciding rule's id, so a limit's error text can name the rule that set it
-   * (`TIMEOUT: ... time limit of 5s (rule analysts-read)`). Optional until the pipeline
-   * passes it.
+   * The deciding rule's id, so a limit's error text can name the rule
+   * (`TIMEOUT: ... time limit of 5s (rule analysts-read)`).
    */
-  rule?: string;
+  rule: string;
 }
 
 /**

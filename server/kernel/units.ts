@@ -37,6 +37,13 @@ export function formatDuration(ms: number): string {
   return `${ms}ms`;
 }
 
+/** A byte count as a person reads it: `64 KiB`, `1 MiB`, `1000 bytes`. */
+export function formatBytes(n: number): string {
+  if (n >= 1 << 20 && n % (1 << 20) === 0) return `${n / (1 << 20)} MiB`;
+  if (n >= 1 << 10 && n % (1 << 10) === 0) return `${n / (1 << 10)} KiB`;
+  return `${n} bytes`;
+}
+
 /** A duration as the config writes it ("30s"), parsed to milliseconds. */
 export const Duration = z.string().transform((text, ctx) => {
   const ms = parseDuration(text);

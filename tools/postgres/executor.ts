@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { GovernanceError } from '../../server/kernel/errors.js';
 import { log } from '../../server/kernel/log.js';
-import { formatDuration } from '../../server/kernel/units.js';
+import { formatDuration, formatBytes } from '../../server/kernel/units.js';
 import type { ColumnOrigin } from '../../policies/masking.js';
 import type { ResolvedLimits } from '../../policies/engine.js';
 import type { ToolOutput } from '../types.js';
@@ -268,12 +268,6 @@ const MESSAGE_KINDS: Record<string, string> = {
   N: 'a notice',
   T: "the result's column list",
 };
-
-function formatBytes(n: number): string {
-  if (n >= 1 << 20 && n % (1 << 20) === 0) return `${n / (1 << 20)} MiB`;
-  if (n >= 1 << 10 && n % (1 << 10) === 0) return `${n / (1 << 10)} KiB`;
-  return `${n} bytes`;
-}
 
 /**
  * The server's own error text is useful to the agent (a missing column, a permission error)
