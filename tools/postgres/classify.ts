@@ -385,18 +385,78 @@ const SLEEP_FUNCTIONS = new Set(['pg_sleep', 'pg_sleep_for', 'pg_sleep_until']);
 
 function fileView(rel: Obj, finding: Finding, via: string): void {
   const schema = str(rel.schemaname);
-  if (
-    FILE_VIEWS.has(str(rel.relname).toLowerCase()) &&
-    (schema === '' || schema === 'pg_catalog')
-  ) {
-    finding.raise(
-      'admin',
-      `${via}reads ${str(rel.relname)}, a view over server configuration files`,
-    );
+  if (schema !== '' && schema !== 'pg_catalog') return;
+  const name = str(rel.relname).toLowerCase();
+  const what = FILE_VIEWS.has(name)
+    ? 'a view over server configuration files'
+    : SESSION_VIEWS.get(name);
+  if (what) finding.raise('admin', `${via}reads ${str(rel.relname)}, ${what}`);
+}
+
+/**
+ * `table_to_xml('pg_stat_activity', ...)` and `schema_to_xml('pg_catalog', ...)` read
+ * relations named by a value, invisible to the tree: the views above must not be reachable
+ * through them. A name given as a constant is checked like a FROM item; a name computed at
+ * run time (a column, an oid, an expression) could be anything, so the call is `unknown`.
+ */
+function relationByName(node: Obj, finding: Finding, via: string): void {
+  const fn = funcName(node.funcname).at(-1)?.toLowerCase() ?? '';
+  const byTable = TABLE_BY_NAME.has(fn);
+  if (!byTable && !SCHEMA_BY_NAME.has(fn)) return;
+  const arg = asArray(node.args)[0];
+  const text = constantText(arg);
+  if (text === undefined) {
+    finding.raise('unknown', `${via}calls ${fn}() on a relation named at run time`);
+    return;
+  }
+  if (/^\s*\d+\s*$/.test(text)) {
+    // `'16385'::regclass` is an oid: a relation named by number is named at run time too.
+    finding.raise('unknown', `${via}calls ${fn}() on a relation given by its oid`);
+    return;
+  }
+  const parts = text.split('.').map((p) => p.replace(/"/g, '').trim().toLowerCase());
+  if (byTable) {
+    const name = parts.at(-1) ?? '';
+    const schema = parts.length > 1 ? (parts.at(-2) ?? '') : '';
+    fileView({ relname: name, schemaname: schema }, finding, `${via}calls ${fn}(), which `);
+    return;
+  }
+  const schema = parts.at(-1) ?? '';
+  if (schema === 'pg_catalog' || schema === 'information_schema' || schema.startsWith('pg_')) {
+    finding.raise('admin', `${via}calls ${fn}() on the system schema ${schema}`);
   }
 }
 
+const TABLE_BY_NAME = new Set(['table_to_xml', 'table_to_xmlschema', 'table_to_xml_and_xmlschema']);
+const SCHEMA_BY_NAME = new Set([
+  'schema_to_xml',
+  'schema_to_xmlschema',
+  'schema_to_xml_and_xmlschema',
+]);
+
+/** A string constant, or a cast of one (`'t'::regclass`); undefined for anything else. */
+function constantText(v: unknown): string | undefined {
+  if (!isObj(v)) return undefined;
+  if (isObj(v.TypeCast)) return constantText(v.TypeCast.arg);
+  if (isObj(v.A_Const) && isObj(v.A_Const.sval)) {
+    const s = v.A_Const.sval.sval;
+    return typeof s === 'string' ? s : '';
+  }
+  return undefined;
+}
+
 const FILE_VIEWS = new Set(['pg_file_settings', 'pg_hba_file_rules', 'pg_ident_file_mappings']);
+
+/**
+ * Views that show other sessions: every gateway session on a target logs in as the same
+ * role, and PostgreSQL shows a role the statements of all its backends, so an agent could
+ * read what other agents run, literal values included (found by a blind red-team pass).
+ */
+const SESSION_VIEWS: ReadonlyMap<string, string> = new Map([
+  ['pg_stat_activity', "a view of other sessions' statements"],
+  ['pg_stat_ssl', "a view of other sessions' client certificates"],
+  ['pg_stat_gssapi', "a view of other sessions' authenticated principals"],
+]);
 
 function asArray(v: unknown): unknown[] {
   return Array.isArray(v) ? v : [];
@@ -540,6 +600,7 @@ function visitNode(
     if (SLEEP_FUNCTIONS.has(funcName(node.funcname).at(-1)?.toLowerCase() ?? '')) {
       finding.tags.add('sleep');
     }
+    relationByName(node, finding, via);
     stack.push({ value: node, executes, via });
     return;
   }

@@ -432,6 +432,11 @@ function group(why: string, names: readonly string[]): Array<[string, string]> {
  * Several are stable in the catalog (fmgr_c_validator loads a shared library).
  */
 export const ADMIN_FUNCTIONS: ReadonlyMap<string, string> = new Map([
+  // What pg_stat_activity is built on: other sessions' statements (classify.ts SESSION_VIEWS).
+  ...group("shows other sessions' statements", [
+    'pg_stat_get_activity',
+    'pg_stat_get_backend_activity',
+  ]),
   ...group('reads server files', [
     'pg_read_file',
     'pg_read_file_old',
