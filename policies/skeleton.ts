@@ -25,8 +25,8 @@
  *     many fonts, and case folding has already merged `I` into `i`).
  *  6. The multi-letter look-alikes `rn` -> `m`, `vv` -> `w`, `cl` -> `d`.
  *
- * The tables are compact on purpose (Cyrillic, Greek, Armenian, Cherokee capitals, Latin
- * small capitals and stroked letters), not the whole of TR39's confusables.txt: the npm
+ * The tables are compact on purpose (Cyrillic, Greek, Armenian, Cherokee, Lisu, Coptic,
+ * Latin small capitals and stroked letters, and single strokes of a few other scripts), not the whole of TR39's confusables.txt: the npm
  * packages that ship that file are unmaintained or not skeletons (README "Why these
  * dependencies").
  */
@@ -50,6 +50,18 @@ const UPPER: ReadonlyArray<readonly [string, string]> = [
     '\u13AA\u13F4\u13DF\u13A0\u13AC\u13C0\u13BB\u13A5\u13AB\u13E6\u13DE\u13B7\u13E2\u13A1\u13DA\u13A2\u13D9\u13B3\u13C3',
     'ABCDEGHiJKLMPRSTVWZ',
   ],
+  // Cherokee capitals found by the red-team pass: Ꮎ Ꮍ Ꮢ Ꭹ Ꮤ
+  ['\u13BE\u13BD\u13D2\u13A9\u13D4', 'OYRYW'],
+  // Lisu (no case): ꓐ ꓑ ꓓ ꓔ ꓖ ꓗ ꓙ ꓚ ꓜ ꓝ ꓟ ꓠ ꓡ ꓢ ꓣ ꓦ ꓧ ꓪ ꓫ ꓬ ꓮ ꓰ ꓲ ꓳ ꓴ
+  [
+    '\uA4D0\uA4D1\uA4D3\uA4D4\uA4D6\uA4D7\uA4D9\uA4DA\uA4DC\uA4DD\uA4DF\uA4E0\uA4E1\uA4E2\uA4E3\uA4E6\uA4E7\uA4EA\uA4EB\uA4EC\uA4EE\uA4F0\uA4F2\uA4F3\uA4F4',
+    'BPDTGKJCZFMNLSRVHWXYAEIOU',
+  ],
+  // Coptic capitals: Ⲁ Ⲃ Ⲉ Ⲓ Ⲕ Ⲙ Ⲛ Ⲟ Ⲣ Ⲥ Ⲧ Ⲩ Ⲭ
+  [
+    '\u2C80\u2C82\u2C88\u2C92\u2C94\u2C98\u2C9A\u2C9E\u2CA2\u2CA4\u2CA6\u2CA8\u2CAC',
+    'ABEIKMNOPCTYX',
+  ],
 ];
 
 const LOWER: ReadonlyArray<readonly [string, string]> = [
@@ -65,6 +77,11 @@ const LOWER: ReadonlyArray<readonly [string, string]> = [
   ],
   // Armenian: օ ո ս հ ց զ
   ['\u0585\u0578\u057D\u0570\u0581\u0566', 'onuhgq'],
+  // Coptic: ⲁ ⲟ ⲥ ⲣ ⲓ ⲭ
+  ['\u2C81\u2C9F\u2CA5\u2CA3\u2C93\u2CAD', 'aocpix'],
+  // Single strokes and rings of other scripts: Tifinagh ⵏ, runic ᛁ, Old Italic 𐌉, N'Ko ߀,
+  // Latin ɾ and blackletter ꬽ
+  ['\u2D4F\u16C1\u{10309}\u07C0\u027E\uAB3D', 'llloro'],
   // Latin: dotless ı ȷ, ɑ ɡ ɩ ǀ, stroked ł đ ħ ø ŧ ƀ
   ['\u0131\u0237\u0251\u0261\u0269\u01C0\u0142\u0111\u0127\u00F8\u0167\u0180', 'ijagilldhotb'],
   // Latin small capitals: ᴀ ʙ ᴄ ᴅ ᴇ ɢ ʜ ɪ ᴊ ᴋ ʟ ᴍ ɴ ᴏ ᴘ ʀ ꜱ ᴛ ᴜ ᴠ ᴡ ʏ ᴢ
@@ -80,6 +97,7 @@ const SEQUENCES: ReadonlyArray<readonly [RegExp, string]> = [
   [/rn/g, 'm'],
   [/vv/g, 'w'],
   [/cl/g, 'd'],
+  [/\u01C1/g, 'll'],
 ];
 
 function table(pairs: ReadonlyArray<readonly [string, string]>, fold: boolean) {
@@ -97,11 +115,16 @@ const UPPER_MAP = table(UPPER, false);
 const LOWER_MAP = table(LOWER, true);
 for (const [from, to] of Object.entries(ASCII_FOLD)) LOWER_MAP.set(from, to);
 
+const CHEROKEE_SMALL = /[\uAB70-\uABBF\u13F8-\u13FD]/gu;
+
 const DROP = /[\p{M}\p{Default_Ignorable_Code_Point}\p{White_Space}]/gu;
 
 /** The look-alike skeleton of a name; see the file comment for the steps. */
 export function skeleton(s: string): string {
-  let out = mapChars(s.normalize('NFKC'), UPPER_MAP)
+  // Cherokee small letters are written as their capitals first, so the capitals' table
+  // covers both (case folding would otherwise turn `Ꮎ` into `ꮎ`, which looks nothing Latin).
+  const nfkc = s.normalize('NFKC').replace(CHEROKEE_SMALL, (c) => c.toUpperCase());
+  let out = mapChars(nfkc, UPPER_MAP)
     .toLowerCase()
     .replace(/ß/g, 'ss')
     .replace(/ς/g, 'σ')

@@ -266,6 +266,16 @@ describe('look-alike names: deny and approve match loosely, allow exactly', () =
     ['rn for m', 'rnallory'],
     ['combining mark', 'ma\u0308llory'],
     ['no-break space', 'mallory\u00A0'],
+    // Found by the blind red-team pass: each was allowed through the deny before.
+    ['Cherokee capital Ꮎ', 'mall\u13BEry'],
+    ['Cherokee small ꮎ', 'mall\uAB8Ery'],
+    ['Lisu, every letter', '\uA4DF\uA4EE\uA4E1\uA4E1\uA4F3\uA4E3\uA4EC'],
+    ['Tifinagh ⵏ for l', 'ma\u2D4F\u2D4Fory'],
+    ['runic ᛁ for l', 'ma\u16C1\u16C1ory'],
+    ['Old Italic 𐌉 for l', 'mal\u{10309}ory'],
+    ["N'Ko ߀ for o", 'mall\u07C0ry'],
+    ['Latin ǁ for ll', 'ma\u01C1ory'],
+    ['Coptic ⲟ for o', 'mall\u2C9Fry'],
   ];
 
   it.each(LOOK_ALIKES)('subject %s (%j) is denied by the deny on mallory', (_name, sub) => {
