@@ -152,8 +152,18 @@ export class StdioTransport implements Transport {
   }
 
   send(message: JSONRPCMessage): Promise<void> {
+    // Our answer ends the request: its id may be used again.
+    if ('id' in message && !('method' in message) && message.id !== undefined)
+      this.open.delete(message.id);
     return this.write(message);
   }
+
+  /**
+   * Ids of the client's requests not answered yet. A second request with the id of one still
+   * running is refused: the client could not tell the answers apart, and a cancel naming
+   * that id would stop whichever call the SDK found first.
+   */
+  private readonly open = new Set<string | number>();
 
   close(): Promise<void> {
     if (this.closed) return Promise.resolve();
@@ -247,7 +257,23 @@ export class StdioTransport implements Transport {
     }
     const parsed = JSONRPCMessageSchema.safeParse(value);
     if (parsed.success) {
-      this.onmessage?.(parsed.data);
+      const m = parsed.data;
+      if ('method' in m && 'id' in m) {
+        if (this.open.has(m.id)) {
+          this.answer(
+            m.id,
+            INVALID_REQUEST,
+            'Invalid Request: a request with this id is still in flight; use a new id',
+          );
+          return;
+        }
+        this.open.add(m.id);
+      } else if ('method' in m && m.method === 'notifications/cancelled') {
+        // A cancelled request gets no answer: its id is free once the client gave it up.
+        const id = (m.params as { requestId?: unknown } | undefined)?.requestId;
+        if (typeof id === 'string' || typeof id === 'number') this.open.delete(id);
+      }
+      this.onmessage?.(m);
       return;
     }
     const obj =

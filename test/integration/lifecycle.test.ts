@@ -500,6 +500,26 @@ describe.skipIf(!pgInfo.available)('#7.6 the session lifecycle never loses an ou
     gw.send('');
     await works();
 
+    // Red team: a second request with the id of one still running is refused (answers could
+    // not be told apart, and a cancel naming the id would hit either call); once answered,
+    // the id is free again.
+    const from = gw.messages.length;
+    gw.call(900, 'postgres_query', { target: 'app-db', sql: 'SELECT pg_sleep(0.5), 1 AS first' });
+    gw.call(900, 'postgres_query', { target: 'app-db', sql: 'SELECT 2 AS second' });
+    const dup = await gw.next((m) => m.id === 900 && 'error' in m, from);
+    expect(dup.error).toMatchObject({
+      code: -32600,
+      message: expect.stringMatching(/still in flight/) as unknown,
+    });
+    const first = await gw.next((m) => m.id === 900 && 'result' in m, from);
+    expect(JSON.stringify(first.result)).toMatch(/first/);
+    expect(JSON.stringify(first.result)).not.toMatch(/second/);
+    const again = gw.messages.length;
+    gw.call(900, 'postgres_query', { target: 'app-db', sql: 'SELECT 3 AS reused' });
+    expect(
+      JSON.stringify((await gw.next((m) => m.id === 900 && 'result' in m, again)).result),
+    ).toMatch(/reused/);
+
     // Shapes the SDK's own tools/call schema refused before any handler (so unaudited): now
     // INVALID_INPUT results from the pipeline, each with its decision (rule: input) on record.
     const bad: Array<[unknown, unknown]> = [
