@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { DEMO_DIR_HELP } from '../demo/state-dir.js';
 import { serveStdio } from '../serve.js';
 import { command, configOption, requireConfig, UsageError, type Option } from './command.js';
 
@@ -52,17 +53,27 @@ export const serve = command({
 export const demo = command({
   name: 'demo',
   summary:
-    'the zero-setup demo over stdio: an embedded PostgreSQL seeded with (fake) PII, the demo policy and a local dev issuer; state in .gatehouse/demo/',
+    'the zero-setup demo over stdio: an embedded PostgreSQL seeded with (fake) PII, the demo policy and a local dev issuer; state in ~/.gatehouse/demo/ unless --dir says',
   details: [
     'The session identifies itself with a token the demo mints (demo-user, group analysts), also printed on stderr for clients that connect another way.',
+    'The state directory (config, dev issuer key, audit log, recordings) is per user, not the working directory, which a client may start the demo in (Claude Desktop: /). Its path is printed on stderr at start. One demo at a time per state directory.',
   ],
-  options: { transport: transportOption },
-  exits: '0 the session ended, 2 usage error',
+  options: {
+    transport: transportOption,
+    dir: {
+      type: 'string',
+      value: 'D',
+      help: `where the demo keeps its config, keys, audit log and recordings (default: ${DEMO_DIR_HELP})`,
+    },
+  },
+  exits:
+    '0 the session ended, 1 another demo is using the state directory, 2 usage error (or a state directory that cannot be created)',
   async run({ values }) {
     checkTransport(values.transport);
+    if (values.dir === '') throw new UsageError('--dir needs a directory');
     // Loaded only when asked for: the embedded PostgreSQL (PGlite) is heavy to import.
     const { runDemo } = await import('../demo/demo.js');
-    return runDemo();
+    return runDemo(values.dir !== undefined ? { dir: values.dir } : {});
   },
 });
 

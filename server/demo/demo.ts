@@ -1,12 +1,15 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { startDemoDatabase } from './demo-db.js';
+import { defaultDemoDir } from './state-dir.js';
 import { loadDevIssuer } from '../identity/dev-issuer.js';
 import { log } from '../kernel/log.js';
 import { packageRoot } from '../kernel/paths.js';
 import { createRuntime } from '../runtime.js';
 import { serveStdioWith } from '../serve.js';
+import { AuditIntegrityError } from '../../recordings/audit.js';
 
 export const DEMO_IDENTITY = { sub: 'demo-user', groups: ['analysts'] } as const;
 
@@ -16,17 +19,28 @@ export const DEMO_IDENTITY = { sub: 'demo-user', groups: ['analysts'] } as const
  * its own session with a token it mints, so `mcp.json` works with nothing to paste.
  */
 export async function runDemo(opts: { dir?: string } = {}): Promise<number> {
-  const dir = path.resolve(opts.dir ?? path.join('.gatehouse', 'demo'));
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const dir = path.resolve(opts.dir ?? defaultDemoDir());
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? String(err);
+    throw new Error(
+      `cannot create the demo state directory ${dir} (${code}): pick another with --dir D`,
+    );
+  }
+  await refuseIfInUse(dir);
   const db = await startDemoDatabase({ port: 0 });
   try {
     // PGlite ignores passwords, but the gateway still resolves one the way it would for a real
     // server: from a reference, never from the config text. It is random per run (demo-db.ts).
     process.env.GATEHOUSE_DEMO_DB_PASSWORD = db.password;
     const configFile = path.join(dir, 'gatehouse.yaml');
+    // Written beside the real name and renamed once this demo holds the audit log, so a
+    // second demo on the same directory cannot point the running one's config elsewhere.
+    const draft = `${configFile}.${process.pid}.tmp`;
     const policyFile = path.join(packageRoot(), 'policies', 'examples', 'demo.yaml');
     await writeFile(
-      configFile,
+      draft,
       '# Written by `gatehouse demo` on each start.\n' +
         stringify({
           identity: { audience: 'gatehouse', devIssuer: { keyFile: 'dev-issuer.json' } },
@@ -57,16 +71,20 @@ export async function runDemo(opts: { dir?: string } = {}): Promise<number> {
       ttlSec: 8 * 3600,
       audience: 'gatehouse',
     });
-    const rt = await createRuntime(configFile);
-    const rel = path.relative(process.cwd(), dir) || '.';
+    const rt = await createRuntime(draft).catch(async (err: unknown) => {
+      await rm(draft, { force: true });
+      throw err;
+    });
+    await rename(draft, configFile);
     process.stderr.write(
       [
         'gatehouse demo: serving MCP on stdio',
+        `  state     ${dir} (config, keys, audit log, recordings; --dir D for another)`,
         `  database  PGlite on ${db.host}:${db.port} (sample customers and orders with fake PII)`,
-        `  policy    ${path.relative(process.cwd(), policyFile)}: reads allowed and masked, writes need approval, DDL denied`,
+        `  policy    ${shown(policyFile)}: reads allowed and masked, writes need approval, DDL denied`,
         `  identity  ${DEMO_IDENTITY.sub} (groups: ${DEMO_IDENTITY.groups.join(', ')}), token valid 8h`,
-        `  audit     gatehouse audit tail --config ${rel}/gatehouse.yaml`,
-        `  config    ${rel}/gatehouse.yaml`,
+        `  audit     gatehouse audit tail --config ${shellWord(configFile)}`,
+        `  config    ${configFile}`,
         'Token for clients that connect another way (GATEHOUSE_TOKEN):',
         token,
         '',
@@ -80,4 +98,42 @@ export async function runDemo(opts: { dir?: string } = {}): Promise<number> {
         log.warn({ err: String(err) }, 'demo database did not stop cleanly'),
       );
   }
+}
+
+/**
+ * One demo per state directory: its audit log takes one writer. The audit log's own lock is
+ * what enforces that; this reads it first so a second demo (a client and a terminal both
+ * started one) says so at once, and how to run beside it, before starting a database.
+ */
+async function refuseIfInUse(dir: string): Promise<void> {
+  const text = await readFile(path.join(dir, 'audit.jsonl.lock'), 'utf8').catch(() => null);
+  if (text === null) return;
+  let holder: { pid?: unknown; host?: unknown };
+  try {
+    holder = JSON.parse(text) as typeof holder;
+  } catch {
+    return;
+  }
+  if (typeof holder.pid !== 'number' || holder.host !== hostname() || holder.pid === process.pid)
+    return;
+  try {
+    process.kill(holder.pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return; // gone: the lock is stale
+  }
+  throw new AuditIntegrityError(
+    `another gatehouse demo (process ${holder.pid}) is using the state directory ${dir}: ` +
+      'stop it, or give this one a directory of its own with --dir D',
+  );
+}
+
+/** A path relative to the working directory when it is inside it, else absolute. */
+function shown(p: string): string {
+  const rel = path.relative(process.cwd(), p);
+  return rel && rel.split(path.sep)[0] !== '..' && !path.isAbsolute(rel) ? rel : p;
+}
+
+/** A path as one shell word, for a command line the user may paste. */
+function shellWord(p: string): string {
+  return /^[\w@%+=:,./-]+$/.test(p) ? p : `'${p.replaceAll("'", `'\\''`)}'`;
 }
