@@ -1,5 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { readAuditEntries, sleep, verifyAuditFile, type AuditLine } from './audit.js';
+import { head } from '../server/kernel/text.js';
+import { nearest } from '../server/kernel/yaml.js';
 import {
   listRecordings,
   readRecording,
@@ -27,42 +29,142 @@ export async function auditVerify(file: string, io: Io): Promise<number> {
   if (!(await isFile(file, io, 'audit log'))) return 1;
   const result = await verifyAuditFile(file);
   if (result.ok) {
-    await emit(io.out, `ok: ${result.lines} lines, chain intact\n`);
+    await emit(io.out, `ok: ${plural(result.lines, 'line')}, chain intact\n`);
     return 0;
   }
   await emit(io.out, `audit chain broken at line ${result.line}: ${result.reason}\n`);
   return 1;
 }
 
-export async function auditTail(
-  file: string,
-  opts: {
-    follow: boolean;
-    sub?: string;
-    tool?: string;
-    decision?: string;
-    json: boolean;
-    signal?: AbortSignal;
-  },
-  io: Io,
-): Promise<number> {
-  if (!(await isFile(file, io, 'audit log'))) return 2;
+/**
+ * What `audit tail --decision` selects. `refused` is a call refused before policy could look
+ * at it (input that did not parse, an unknown target, a token refused: decision rule `input`
+ * or `identity`); `deny` is a policy's denial. Both are written with effect `deny`.
+ */
+export const TAIL_DECISIONS = ['allow', 'deny', 'approve', 'refused'] as const;
+export type TailDecision = (typeof TAIL_DECISIONS)[number];
+
+/** Decision rules that are not a policy's: the call was refused before policy decided. */
+const REFUSAL_RULES = new Set(['input', 'identity']);
+
+function decisionOf(line: AuditLine): string | undefined {
+  const d = line.decision as AuditLine['decision'] | undefined;
+  if (!d) return undefined;
+  return d.effect === 'deny' && REFUSAL_RULES.has(d.rule) ? 'refused' : d.effect;
+}
+
+export interface TailOptions {
+  follow: boolean;
+  json: boolean;
+  /** Only the last N matching lines of what is there now (then, following, every new one). */
+  lines?: number;
+  /** Only lines at or after this time (ms since the epoch). */
+  since?: number;
+  sub?: string;
+  tool?: string;
+  decision?: TailDecision;
+  signal?: AbortSignal;
+  /** How often to look for a log that does not exist yet, and for new lines. */
+  pollMs?: number;
+}
+
+export async function auditTail(file: string, opts: TailOptions, io: Io): Promise<number> {
+  if (opts.follow) {
+    const waited = await waitForFile(file, opts, io);
+    if (waited !== undefined) return waited;
+  } else if (!(await isFile(file, io, 'audit log'))) return 2;
+  const matches = (line: AuditLine) =>
+    (opts.sub === undefined || line.sub === opts.sub) &&
+    (opts.tool === undefined || line.tool === opts.tool) &&
+    (opts.decision === undefined || decisionOf(line) === opts.decision) &&
+    (opts.since === undefined || Date.parse(line.time) >= opts.since);
+  const show = (e: { raw: string; line: AuditLine }) =>
+    (opts.json ? jsonForTerminal(e.raw) : auditText(e.line)) + '\n';
+  const signal = opts.signal ? { signal: opts.signal } : {};
   try {
-    const read = readAuditEntries(file, {
-      follow: opts.follow,
-      ...(opts.signal ? { signal: opts.signal } : {}),
-    });
-    for await (const { raw, line } of read) {
-      if (opts.sub !== undefined && line.sub !== opts.sub) continue;
-      if (opts.tool !== undefined && line.tool !== opts.tool) continue;
-      if (opts.decision !== undefined && line.decision?.effect !== opts.decision) continue;
-      await emit(io.out, (opts.json ? jsonForTerminal(raw) : auditText(line)) + '\n');
+    // What is there now: the last `lines` matches (all of them without -n).
+    let seen = 0;
+    let matched = 0;
+    const last: string[] = [];
+    const names = { sub: new Set<string>(), tool: new Set<string>() };
+    for await (const entry of readAuditEntries(file, signal)) {
+      seen++;
+      names.sub.add(entry.line.sub);
+      names.tool.add(entry.line.tool);
+      if (!matches(entry.line)) continue;
+      matched++;
+      if (opts.lines === undefined) await emit(io.out, show(entry));
+      else {
+        last.push(show(entry));
+        if (last.length > opts.lines) last.shift();
+      }
+    }
+    for (const text of last) await emit(io.out, text);
+    if (matched === 0 && seen > 0) await emit(io.err, nothingMatched(opts, names));
+    if (!opts.follow || opts.signal?.aborted) return 0;
+    // Then every new line: the file is append-only, so the first `seen` lines are the ones
+    // already read.
+    let n = 0;
+    for await (const entry of readAuditEntries(file, {
+      follow: true,
+      ...signal,
+      ...(opts.pollMs !== undefined ? { pollMs: opts.pollMs } : {}),
+    })) {
+      if (++n <= seen || !matches(entry.line)) continue;
+      await emit(io.out, show(entry));
     }
   } catch (err) {
     await emit(io.err, `gatehouse audit tail: ${(err as Error).message}\n`);
     return 1;
   }
   return 0;
+}
+
+/**
+ * A log that has no line for the filter: said on stderr, with the nearest name the log holds
+ * when a --sub or --tool looks misspelt (any name is accepted: the log records whatever an
+ * agent sent, and it is read without a config that would know the tools).
+ */
+function nothingMatched(opts: TailOptions, names: { sub: Set<string>; tool: Set<string> }): string {
+  const filters: string[] = [];
+  for (const key of ['sub', 'tool'] as const) {
+    const value = opts[key];
+    if (value === undefined) continue;
+    const near = names[key].has(value) ? undefined : nearest(value, [...names[key]]);
+    filters.push(
+      `--${key} ${safe(value)}${near === undefined ? '' : ` (did you mean "${safe(near)}"?)`}`,
+    );
+  }
+  if (opts.decision !== undefined) filters.push(`--decision ${opts.decision}`);
+  if (opts.since !== undefined) filters.push(`--since ${new Date(opts.since).toISOString()}`);
+  const what = filters.length > 0 ? ` matches ${filters.join(' ')}` : '';
+  return `gatehouse audit tail: no line${what}${opts.follow ? '; waiting for new lines' : ''}\n`;
+}
+
+/**
+ * With -f, a log that is not there yet is waited for (a gateway creates it when it starts).
+ * Resolves to nothing once it is there, else to the exit code: 0 stopped while waiting, 1 the
+ * path is something else than a file or cannot be looked at.
+ */
+async function waitForFile(file: string, opts: TailOptions, io: Io): Promise<number | undefined> {
+  let said = false;
+  for (;;) {
+    if (opts.signal?.aborted) return 0;
+    try {
+      if ((await stat(file)).isFile()) return undefined;
+      await emit(io.err, `gatehouse audit tail: ${file} is not a file\n`);
+      return 1;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT') {
+        await emit(io.err, `gatehouse audit tail: cannot read ${file} (${code})\n`);
+        return 1;
+      }
+    }
+    if (!said) await emit(io.err, `gatehouse audit tail: waiting for ${file} to be created\n`);
+    said = true;
+    await sleep(opts.pollMs ?? 200, opts.signal);
+  }
 }
 
 export async function recordingsList(dir: string, io: Io): Promise<number> {
@@ -119,26 +221,94 @@ export async function recordingsReplay(
 }
 
 function auditText(line: AuditLine): string {
+  // Lines are read, not verified: a field may be missing whatever the type says.
+  const d = line.decision as AuditLine['decision'] | undefined;
+  // A call refused before policy looked at it is not a policy's denial: `refused (input)`.
+  const decided =
+    d && decisionOf(line) === 'refused'
+      ? ['refused', `(${d.rule})`]
+      : [d?.effect ?? '-', d?.rule ?? '-'];
   const parts = [
     line.time,
     line.sub,
     line.tool,
     line.target ?? '-',
     line.operation ?? '-',
-    line.decision?.effect ?? '-',
-    line.decision?.rule ?? '-',
+    ...decided,
   ];
   if (line.approval) parts.push(`approval:${line.approval.answer}:${line.approval.approver}`);
   const o = line.outcome;
   if (o) {
     parts.push(o.status);
     if (o.code) parts.push(o.code);
-    if (o.rows !== undefined) parts.push(`${o.rows} rows`);
-    if (o.bytes !== undefined) parts.push(`${o.bytes} bytes`);
+    if (o.rows !== undefined) parts.push(plural(o.rows, 'row'));
+    if (o.bytes !== undefined) parts.push(plural(o.bytes, 'byte'));
     if (o.exitCode !== undefined) parts.push(`exit ${o.exitCode ?? '-'}`);
     parts.push(`${o.durationMs}ms`);
   }
-  return parts.map((p) => safe(String(p))).join(' ');
+  const text = parts.map((p) => safe(String(p))).join(' ');
+  const statement = statementOf(line.input);
+  return statement === undefined ? text : `${text}  ${statement}`;
+}
+
+/** How much of a statement the one-line view shows. */
+const STATEMENT_SHOWN = 160;
+
+/**
+ * What the call asked for, on one line: `sql: ...` for a statement (also the one an
+ * `explain` call asks about), else `input: {...}` as compact JSON; nothing for an empty input.
+ * Newlines and every other unsafe character are escaped like any field (`\n`), never folded
+ * into spaces: `SELECT 1 --\nDROP ...` must not read as a comment. Cut at STATEMENT_SHOWN
+ * characters; an input kept as a digest (over its bound) shows its preview, size and digest.
+ */
+function statementOf(input: unknown): string | undefined {
+  const sql = sqlOf(input);
+  if (sql !== undefined) return `sql: ${sql}`;
+  if (input === null || input === undefined) return undefined;
+  if (isDigest(input)) return `input: ${digestText(input)}`;
+  const json = JSON.stringify(input);
+  if (json === undefined || json === '{}') return undefined;
+  return `input: ${shortened(json)}`;
+}
+
+function sqlOf(input: unknown): string | undefined {
+  if (!isRecord(input)) return undefined;
+  if (typeof input.sql === 'string') return shortened(input.sql);
+  if (isDigest(input.sql)) return digestText(input.sql);
+  return sqlOf(input.input);
+}
+
+function shortened(text: string): string {
+  if (text.length <= STATEMENT_SHOWN) return safe(text);
+  return `${safe(head(text, STATEMENT_SHOWN))}… (${plural(text.length, 'character')})`;
+}
+
+interface Digest {
+  digest: string;
+  bytes: number;
+  preview: string;
+}
+
+function isDigest(v: unknown): v is Digest {
+  return (
+    isRecord(v) &&
+    typeof v.digest === 'string' &&
+    typeof v.bytes === 'number' &&
+    typeof v.preview === 'string'
+  );
+}
+
+function digestText(d: Digest): string {
+  return `${safe(head(d.preview, STATEMENT_SHOWN))}… (${plural(d.bytes, 'byte')}, ${safe(d.digest)})`;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** "1 line", "2 lines". */
+function plural(n: number, one: string): string {
+  return `${n} ${n === 1 ? one : `${one}s`}`;
 }
 
 function headerText(h: RecordingHeader, calls: number): string {
@@ -146,13 +316,17 @@ function headerText(h: RecordingHeader, calls: number): string {
   const groups = h.identity.groups.length ? ` (${h.identity.groups.map(safe).join(', ')})` : '';
   return (
     `session ${safe(h.session)}  started ${safe(h.start)}  via ${safe(h.transport)}\n` +
-    `  identity ${safe(h.identity.sub)}${groups}  client ${client}  ${calls} call(s)\n`
+    `  identity ${safe(h.identity.sub)}${groups}  client ${client}  ${plural(calls, 'call')}\n`
   );
 }
 
 function callText(ev: RecordedCall): string {
   const d = ev.decision;
-  const decided = d ? `${safe(d.effect)} by ${safe(d.rule)}` : 'no decision';
+  const decided = !d
+    ? 'no decision'
+    : d.effect === 'deny' && REFUSAL_RULES.has(d.rule)
+      ? `refused (${safe(d.rule)})`
+      : `${safe(d.effect)} by ${safe(d.rule)}`;
   const lines = [
     `\n[${safe(ev.time)}] ${safe(ev.tool)}  ${decided}  ${ev.durationMs}ms  (call ${safe(ev.callId)})`,
   ];

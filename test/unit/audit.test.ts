@@ -454,6 +454,11 @@ describe('audit commands', () => {
     const c = capture();
     expect(await auditVerify(file, c.io)).toBe(0);
     expect(c.out()).toBe('ok: 3 lines, chain intact\n');
+    await rm(file);
+    await writeLog(1);
+    const one = capture();
+    await auditVerify(file, one.io);
+    expect(one.out()).toBe('ok: 1 line, chain intact\n');
   });
 
   it('verify: exit 1 naming the first broken line', async () => {
@@ -499,8 +504,12 @@ describe('audit commands', () => {
     expect(await auditTail(file, { follow: false, json: false }, all.io)).toBe(0);
     const lines = all.out().trim().split('\n');
     expect(lines).toHaveLength(4);
-    expect(lines[0]).toMatch(/^\S+Z alice postgres_query main read allow readers$/);
-    expect(lines[1]).toMatch(/ alice postgres_query main read allow readers ok 2 rows 7ms$/);
+    expect(lines[0]).toMatch(
+      /^\S+Z alice postgres_query main read allow readers {2}sql: select 1$/,
+    );
+    expect(lines[1]).toMatch(
+      / alice postgres_query main read allow readers ok 2 rows 7ms {2}sql: select 1$/,
+    );
 
     const bob = capture();
     await auditTail(file, { follow: false, json: false, sub: 'bob' }, bob.io);
@@ -508,7 +517,7 @@ describe('audit commands', () => {
 
     const ssh = capture();
     await auditTail(file, { follow: false, json: false, tool: 'ssh_exec' }, ssh.io);
-    expect(ssh.out()).toMatch(/ bob ssh_exec web1 exec deny no-ssh\n$/);
+    expect(ssh.out()).toMatch(/ bob ssh_exec web1 exec deny no-ssh {2}sql: select 2\n$/);
 
     const denied = capture();
     await auditTail(
@@ -516,7 +525,42 @@ describe('audit commands', () => {
       { follow: false, json: false, decision: 'deny', tool: 'postgres_query' },
       denied.io,
     );
-    expect(denied.out().trim().split('\n')).toEqual([expect.stringMatching(/deny no-writes$/)]);
+    expect(denied.out().trim().split('\n')).toEqual([
+      expect.stringMatching(/deny no-writes {2}sql: select 3$/),
+    ]);
+  });
+
+  it('tail: refused input is not a policy deny; the statement on one line; -n and --since', async () => {
+    const log = await AuditLog.open(file);
+    await log.append(rec(1, { input: { sql: 'SELECT 1,\n  2 --\nFROM t', params: [] } }));
+    const refusal = { effect: 'deny', rule: 'input', reason: 'sql: syntax error' };
+    await log.append(rec(2, { operation: null, input: { sql: 'SELEC 1' }, decision: refusal }));
+    const digest = { digest: 'sha256:ab', bytes: 200_000, preview: 'SELECT 1' };
+    await log.append(rec(3, { input: { sql: digest }, decision: refusal }));
+    await log.append(rec(4, { tool: 'list_targets', target: null, operation: null, input: {} }));
+    await log.close();
+    const c = capture();
+    await auditTail(file, { follow: false, json: false }, c.io);
+    const lines = c.out().trimEnd().split('\n');
+    expect(lines[0]).toMatch(/ read allow readers {2}sql: SELECT 1,\\n {2}2 --\\nFROM t$/);
+    expect(lines[1]).toMatch(/ postgres_query main - refused \(input\) {2}sql: SELEC 1$/);
+    expect(lines[2]).toMatch(/ refused \(input\) {2}sql: SELECT 1… \(200000 bytes, sha256:ab\)$/);
+    expect(lines[3]).toMatch(/ list_targets - - allow readers$/);
+
+    const refused = capture();
+    await auditTail(file, { follow: false, json: false, decision: 'refused' }, refused.io);
+    expect(refused.out().trimEnd().split('\n')).toHaveLength(2);
+    const denied = capture();
+    await auditTail(file, { follow: false, json: false, decision: 'deny' }, denied.io);
+    expect(denied.out()).toBe('');
+    expect(denied.err()).toBe('gatehouse audit tail: no line matches --decision deny\n');
+
+    const last = capture();
+    await auditTail(file, { follow: false, json: false, lines: 2 }, last.io);
+    expect(last.out().trimEnd().split('\n')).toEqual(lines.slice(2));
+    const later = capture();
+    await auditTail(file, { follow: false, json: false, since: Date.now() + 60_000 }, later.io);
+    expect(later.out()).toBe('');
   });
 
   it('tail --json prints the raw lines', async () => {

@@ -192,7 +192,7 @@ describe('recordings commands', () => {
     expect(await recordingsShow(dir, 's-1', c.io)).toBe(0);
     const out = c.out();
     expect(out).toContain('session s-1');
-    expect(out).toContain('identity alice (dba)  client claude-code 1.0.0');
+    expect(out).toContain('identity alice (dba)  client claude-code 1.0.0  1 call\n');
     expect(out).toContain('postgres_query  allow by readers  5ms');
     expect(out).toContain('request  {"target":"main","sql":"select 1"}');
     expect(out).toContain('    result 1\n    second line\n');
