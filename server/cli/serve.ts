@@ -12,6 +12,13 @@ const transportOption = {
   help: 'the MCP transport; http (Streamable HTTP, SSE) is not in this release',
 } as const satisfies Option;
 
+/** CONTRACT section 1 names it; it means something only with --transport http. */
+const listenOption = {
+  type: 'string',
+  value: 'HOST:PORT',
+  help: 'where --transport http listens (loopback by default); refused with stdio',
+} as const satisfies Option;
+
 export const serve = command({
   name: 'serve',
   summary:
@@ -27,10 +34,11 @@ export const serve = command({
       help: 'read the token from this file instead of GATEHOUSE_TOKEN, again on every call (a rotated file takes effect at once)',
     },
     transport: transportOption,
+    listen: listenOption,
   },
   exits: '0 the session ended, 1 no token or a token refused at start, 2 usage or config error',
   async run({ values }) {
-    checkTransport(values.transport);
+    checkTransport(values.transport, values.listen);
     const config = requireConfig(values.config);
     const tokenFile = values['token-file'];
     if (tokenFile) {
@@ -60,6 +68,7 @@ export const demo = command({
   ],
   options: {
     transport: transportOption,
+    listen: listenOption,
     dir: {
       type: 'string',
       value: 'D',
@@ -69,7 +78,7 @@ export const demo = command({
   exits:
     '0 the session ended, 1 another demo is using the state directory, 2 usage error (or a state directory that cannot be created)',
   async run({ values }) {
-    checkTransport(values.transport);
+    checkTransport(values.transport, values.listen);
     if (values.dir === '') throw new UsageError('--dir needs a directory');
     // Loaded only when asked for: the embedded PostgreSQL (PGlite) is heavy to import.
     const { runDemo } = await import('../demo/demo.js');
@@ -77,8 +86,18 @@ export const demo = command({
   },
 });
 
-function checkTransport(transport: string): void {
-  if (transport === 'stdio') return;
+function checkTransport(transport: string, listen: string | undefined): void {
+  if (listen !== undefined && !/^[^\s:]*:\d{1,5}$|^\[[0-9a-fA-F:.]+\]:\d{1,5}$/.test(listen)) {
+    throw new UsageError(
+      `--listen ${JSON.stringify(listen)} is not HOST:PORT (e.g. 127.0.0.1:8080)`,
+    );
+  }
+  if (transport === 'stdio') {
+    if (listen !== undefined) {
+      throw new UsageError('--listen applies to --transport http; stdio has nothing to listen on');
+    }
+    return;
+  }
   if (transport === 'http') {
     throw new UsageError(
       'transport http (Streamable HTTP and SSE) is not available in this release; use --transport stdio',

@@ -167,17 +167,25 @@ describe('CONTRACT 1: gatehouse exit codes, command by command', { timeout: 90_0
     expect(r.status).toBe(1);
   });
 
-  it('serve and demo: --transport http is refused (2), --listen is gone (2)', async () => {
-    const [http, listen] = await Promise.all([
+  it('serve and demo: --transport http is refused (2); --listen (CONTRACT 1) is checked, never ignored (2)', async () => {
+    const [http, listen, httpListen, bad] = await Promise.all([
       gatehouse(['demo', '--transport', 'http']),
       gatehouse(['serve', '--config', config, '--listen', '127.0.0.1:8080']),
+      gatehouse(['serve', '--config', config, '--transport', 'http', '--listen', '127.0.0.1:8080']),
+      gatehouse(['demo', '--transport', 'http', '--listen', 'localhost']),
     ]);
     expectUsage(
       http,
       /transport http .* is not available in this release/,
       'gatehouse demo --help',
     );
-    expectUsage(listen, /unknown option '--listen'/, 'gatehouse serve --help');
+    expectUsage(
+      listen,
+      /--listen applies to --transport http; stdio has nothing to listen on/,
+      'gatehouse serve --help',
+    );
+    expectUsage(httpListen, /transport http .* is not available/, 'gatehouse serve --help');
+    expectUsage(bad, /--listen "localhost" is not HOST:PORT/, 'gatehouse demo --help');
   });
 
   it('token: 0 with a JWT on stdout; 2 without --sub', async () => {
