@@ -334,11 +334,8 @@ describe.skipIf(!pgInfo.available)('#8.3/#8.4 target errors say what is wrong', 
     });
   });
 
-  /**
-   * What server/pipeline.ts still has to do (its owner's file): each is written as it should
-   * pass, and marked `fails` until the pipeline does it; flip it to `it` then.
-   */
-  describe('waiting for the pipeline', () => {
+  /** What the pipeline does with a failure: its outcome line, its rule, the byte limit. */
+  describe('through the pipeline', () => {
     it('the audit outcome line records the reason of a failure', async () => {
       const r = await call({ target: 'app-db-badpw', sql: 'SELECT 1' });
       const sc = r.structuredContent as { reason: string; callId: string };
