@@ -2,6 +2,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { deepFreeze } from './kernel/freeze.js';
 import { resolvePath } from './kernel/paths.js';
+import { parseSize } from './kernel/units.js';
 import { loadYamlFile } from './kernel/yaml.js';
 import { IdentitySchema } from './identity/config.js';
 import type { TargetKind } from '../tools/kind.js';
@@ -42,7 +43,104 @@ function configSchema(kinds: readonly TargetKind[]) {
     state: z
       .strictObject({ file: z.string().min(1).default('.gatehouse/state.json') })
       .default({ file: '.gatehouse/state.json' }),
+    http: HttpSchema.prefault({}),
   });
+}
+
+// ---- http: (only for --transport http) ---------------------------------------------------
+
+/** Where `--transport http` listens unless `http.listen` or `--listen` says otherwise. */
+export const DEFAULT_LISTEN = '127.0.0.1:8080';
+
+/** `HOST:PORT`, `[IPv6]:PORT`; the host may be empty (every interface). */
+export function parseListen(text: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]*)):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65_535) return undefined;
+  return { host: m[1] ?? m[2] ?? '', port };
+}
+
+/** A loopback host name or address: plain http is acceptable there, and only there. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127(\.\d{1,3}){3}$/.test(h);
+}
+
+const Listen = z.string().refine((s) => parseListen(s) !== undefined, {
+  message: 'expected HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080)',
+});
+
+/**
+ * An https URL (http only for a loopback host: tests, a local proxy), without query or
+ * fragment: a resource identifier (RFC 9728 section 1.2, RFC 8707 section 2) or an issuer.
+ */
+const HttpsUrl = z.string().superRefine((s, ctx) => {
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `not a URL: ${JSON.stringify(s)}` });
+    return;
+  }
+  if (u.protocol !== 'https:' && !(u.protocol === 'http:' && isLoopbackHost(u.hostname))) {
+    ctx.addIssue({ code: 'custom', message: 'must be https (http only for a loopback host)' });
+  } else if (u.search || u.hash || s.includes('#')) {
+    ctx.addIssue({ code: 'custom', message: 'must not have a query or a fragment' });
+  }
+});
+
+/** A browser origin: scheme://host[:port], exactly as browsers send it in `Origin`. */
+const Origin = z.string().superRefine((s, ctx) => {
+  let origin: string | undefined;
+  try {
+    origin = new URL(s).origin;
+  } catch {
+    origin = undefined;
+  }
+  if (origin !== s) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `${JSON.stringify(s)} is not an origin (scheme://host[:port], no path or trailing slash)`,
+    });
+  }
+});
+
+/** A size as the config writes it ("64KiB", "1MiB"), parsed to bytes. */
+const Size = z.string().transform((text, ctx) => {
+  const bytes = parseSize(text);
+  if (bytes === undefined) {
+    ctx.addIssue({ code: 'custom', message: `"${text}" is not a size (e.g. 64KiB, 1MiB)` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+const HttpSchema = z.strictObject({
+  listen: Listen.default(DEFAULT_LISTEN),
+  /** The resource identifier: the audience tokens must carry over HTTP, and the metadata's `resource`. */
+  publicUrl: HttpsUrl.optional(),
+  /** Default: the identity issuer. */
+  authorizationServers: z.array(HttpsUrl).min(1).optional(),
+  allowedOrigins: z.array(Origin).default([]),
+  maxBodyBytes: Size.default(1024 * 1024),
+  limits: z
+    .strictObject({
+      callsPerMinute: z.number().int().min(1).default(120),
+      concurrentCalls: z.number().int().min(1).default(8),
+    })
+    .prefault({}),
+});
+
+export type HttpConfig = z.output<typeof HttpSchema>;
+
+/**
+ * The audience a token must carry over HTTP: the resource (`http.publicUrl`) when set, so a
+ * token minted for another service is never taken here (RFC 8707); otherwise
+ * `identity.audience`, as over stdio (the server warns at start).
+ */
+export function httpAudience(config: Pick<GatehouseConfig, 'http' | 'identity'>): string {
+  return config.http.publicUrl ?? config.identity.audience;
 }
 
 /** The schema of gatehouse.yaml with the kinds this release serves. */
@@ -59,6 +157,8 @@ export interface GatehouseConfig {
   readonly audit: { readonly file: string };
   readonly recordings: { readonly dir: string };
   readonly state: { readonly file: string };
+  /** `http:`, defaults filled in; read only by --transport http. */
+  readonly http: HttpConfig;
 }
 
 /**
@@ -100,5 +200,6 @@ export async function loadConfig(
     audit: { file: resolvePath(dir, value.audit.file) },
     recordings: { dir: resolvePath(dir, value.recordings.dir) },
     state: { file: resolvePath(dir, value.state.file) },
+    http: value.http,
   });
 }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
 import {
@@ -13,6 +14,7 @@ import { listTools } from './tool-list.js';
 import type { RequestContext } from './request.js';
 import { log } from './kernel/log.js';
 import { head } from './kernel/text.js';
+import type { CallLimiter } from './http/limits.js';
 import { InFlight } from './lifecycle.js';
 import { ensureRecorder, handleToolCall } from './pipeline.js';
 import type { Runtime } from './runtime.js';
@@ -26,12 +28,16 @@ export const SERVER_INFO = { name: 'gatehouse', version: '0.1.0' } as const;
  * audit trail stay in the pipeline: a malformed call is INVALID_INPUT and is audited.
  *
  * `calls` tracks the tools/call requests this server has started, so that the session's end
- * (server/lifecycle.ts) can let them finish, or cancel them, before anything closes.
+ * (server/lifecycle.ts) can let them finish, or cancel them, before anything closes. Over
+ * HTTP every session shares one registry, so one shutdown drains them all.
+ *
+ * `limiter` (HTTP) bounds each identity's tools/call rate and concurrency across its sessions.
  */
 export function createMcpServer(
   rt: Runtime,
   session: Session,
   calls: InFlight = new InFlight(),
+  opts: { limiter?: CallLimiter } = {},
 ): Server {
   const server = new Server(SERVER_INFO, {
     capabilities: { tools: { listChanged: false } },
@@ -62,19 +68,39 @@ export function createMcpServer(
       throw new McpError(ErrorCode.MethodNotFound, 'Method not found');
     session.clientInfo ??= boundedClientInfo(server.getClientVersion());
     const { name, args } = callParams(req.params);
-    const started = calls.start(extra.signal, (signal) =>
-      handleToolCall(rt, session, name, args, requestContext(server, extra, signal)),
-    );
-    if (!started) {
-      // Shutdown began: the call is not started, so nothing is decided or audited.
-      throw new McpError(
-        ErrorCode.ConnectionClosed,
-        'the gateway is shutting down; the call was not started',
-      );
+    const sub = session.identity?.sub;
+    const admitted = opts.limiter && sub !== undefined ? opts.limiter.admit(sub) : undefined;
+    if (admitted && !admitted.ok) {
+      // Refused before the pipeline, so not audited: a flood must not become an audit flood.
+      log.warn({ session: session.id, sub, reason: admitted.reason }, 'call over the limit');
+      return limitExceeded(admitted.reason, admitted.retryAfterSec);
     }
-    return (await started) satisfies CallToolResult;
+    try {
+      const started = calls.start(extra.signal, (signal) =>
+        handleToolCall(rt, session, name, args, requestContext(server, extra, signal)),
+      );
+      if (!started) {
+        // Shutdown began: the call is not started, so nothing is decided or audited.
+        throw new McpError(
+          ErrorCode.ConnectionClosed,
+          'the gateway is shutting down; the call was not started',
+        );
+      }
+      return (await started) satisfies CallToolResult;
+    } finally {
+      admitted?.release();
+    }
   };
   return server;
+}
+
+/** LIMIT_EXCEEDED as a tool error result (CONTRACT 3), for a call the limiter refused. */
+function limitExceeded(reason: string, retryAfterSec: number): CallToolResult {
+  return {
+    isError: true,
+    content: [{ type: 'text', text: `LIMIT_EXCEEDED: ${reason} (retry in ${retryAfterSec}s)` }],
+    structuredContent: { code: 'LIMIT_EXCEEDED', reason, callId: randomUUID() },
+  };
 }
 
 /**

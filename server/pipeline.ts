@@ -196,7 +196,7 @@ function hasDecision(
 }
 
 async function authenticate(c: Received): Promise<Authenticated> {
-  const token = c.session.token();
+  const token = c.req.authInfo?.token ?? c.session.token();
   if (!token) throw new GovernanceError('UNAUTHENTICATED', 'no token presented');
   const identity = await c.rt.verifier.verify(token);
   if (c.session.identity && c.session.identity.sub !== identity.sub) {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { loadConfig, type GatehouseConfig } from './config.js';
+import { httpAudience, loadConfig, type GatehouseConfig } from './config.js';
 import type { DecisionPoint } from './decide.js';
 import { openGateway, SECRET_MIN_LENGTH } from './gateway.js';
 import { createVerifier, type Verifier } from './identity/identity.js';
@@ -48,6 +48,8 @@ export async function loadGateway(
 export interface RuntimeOptions {
   /** The target kinds (default: tools/kinds.ts); tests add a kind to prove the seam. */
   kinds?: readonly TargetKind[];
+  /** Over HTTP a token's audience is the resource (`http.publicUrl`), see httpAudience. */
+  transport?: 'stdio' | 'http';
 }
 
 export async function createRuntime(
@@ -60,7 +62,7 @@ export async function createRuntime(
   const id = config.identity;
   const verifier = await createVerifier({
     ...(id.issuer ? { issuer: id.issuer } : {}),
-    audience: id.audience,
+    audience: opts.transport === 'http' ? httpAudience(config) : id.audience,
     ...(id.jwks ? { jwks: id.jwks } : {}),
     algorithms: id.algorithms,
     ...(id.hmacSecret

@@ -21,12 +21,18 @@ export interface Session {
   recorderPending?: Promise<SessionRecorder>;
 }
 
+/**
+ * `id`: a session id chosen elsewhere (the SSE transport makes its own); by default a random
+ * UUID, which over Streamable HTTP is also the `Mcp-Session-Id` (unguessable, and useless
+ * without a token of the identity that opened the session).
+ */
 export function newSession(
   transport: Session['transport'],
   token: () => string | undefined,
+  id: string = randomUUID(),
 ): Session {
   return {
-    id: randomUUID(),
+    id,
     transport,
     startedAt: new Date().toISOString(),
     token,

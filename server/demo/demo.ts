@@ -18,7 +18,9 @@ export const DEMO_IDENTITY = { sub: 'demo-user', groups: ['analysts'] } as const
  * `pg` path runs, the bundled demo policy, and a local dev issuer. Over stdio it identifies
  * its own session with a token it mints, so `mcp.json` works with nothing to paste.
  */
-export async function runDemo(opts: { dir?: string } = {}): Promise<number> {
+export async function runDemo(
+  opts: { dir?: string; http?: { listen?: string } } = {},
+): Promise<number> {
   const dir = path.resolve(opts.dir ?? defaultDemoDir());
   try {
     await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -71,20 +73,42 @@ export async function runDemo(opts: { dir?: string } = {}): Promise<number> {
       ttlSec: 8 * 3600,
       audience: 'gatehouse',
     });
-    const rt = await createRuntime(draft).catch(async (err: unknown) => {
-      await rm(draft, { force: true });
-      throw err;
-    });
+    const rt = await createRuntime(draft, opts.http ? { transport: 'http' } : {}).catch(
+      async (err: unknown) => {
+        await rm(draft, { force: true });
+        throw err;
+      },
+    );
     await rename(draft, configFile);
+    const about = [
+      `  state     ${dir} (config, keys, audit log, recordings; --dir D for another)`,
+      `  database  PGlite on ${db.host}:${db.port} (sample customers and orders with fake PII)`,
+      `  policy    ${shown(policyFile)}: reads allowed and masked, writes need approval, DDL denied`,
+      `  identity  ${DEMO_IDENTITY.sub} (groups: ${DEMO_IDENTITY.groups.join(', ')}), token valid 8h`,
+      `  audit     gatehouse audit tail --config ${shellWord(configFile)}`,
+      `  config    ${configFile}`,
+    ];
+    if (opts.http) {
+      const { serveHttpWith } = await import('../http.js');
+      return await serveHttpWith(rt, {
+        ...(opts.http.listen !== undefined ? { listen: opts.http.listen } : {}),
+        banner: (gw) =>
+          [
+            `gatehouse demo: serving MCP over HTTP at ${gw.url.href}`,
+            `  sse       ${gw.sseUrl.href} (the older HTTP+SSE transport)`,
+            ...about,
+            'Send this token as "Authorization: Bearer <token>", e.g.',
+            `  claude mcp add --transport http gatehouse-demo ${gw.url.href} --header "Authorization: Bearer $TOKEN"`,
+            'Token:',
+            token,
+            '',
+          ].join('\n'),
+      });
+    }
     process.stderr.write(
       [
         'gatehouse demo: serving MCP on stdio',
-        `  state     ${dir} (config, keys, audit log, recordings; --dir D for another)`,
-        `  database  PGlite on ${db.host}:${db.port} (sample customers and orders with fake PII)`,
-        `  policy    ${shown(policyFile)}: reads allowed and masked, writes need approval, DDL denied`,
-        `  identity  ${DEMO_IDENTITY.sub} (groups: ${DEMO_IDENTITY.groups.join(', ')}), token valid 8h`,
-        `  audit     gatehouse audit tail --config ${shellWord(configFile)}`,
-        `  config    ${configFile}`,
+        ...about,
         'Token for clients that connect another way (GATEHOUSE_TOKEN):',
         token,
         '',

@@ -167,25 +167,48 @@ describe('CONTRACT 1: gatehouse exit codes, command by command', { timeout: 90_0
     expect(r.status).toBe(1);
   });
 
-  it('serve and demo: --transport http is refused (2); --listen (CONTRACT 1) is checked, never ignored (2)', async () => {
-    const [http, listen, httpListen, bad] = await Promise.all([
-      gatehouse(['demo', '--transport', 'http']),
+  it('serve and demo: --listen (CONTRACT 1) is checked, never ignored (2); an unknown transport is refused (2)', async () => {
+    const [listen, bad, unknown, tokenFile] = await Promise.all([
       gatehouse(['serve', '--config', config, '--listen', '127.0.0.1:8080']),
-      gatehouse(['serve', '--config', config, '--transport', 'http', '--listen', '127.0.0.1:8080']),
       gatehouse(['demo', '--transport', 'http', '--listen', 'localhost']),
+      gatehouse(['serve', '--config', config, '--transport', 'websocket']),
+      gatehouse(['serve', '--config', config, '--transport', 'http', '--token-file', config]),
     ]);
-    expectUsage(
-      http,
-      /transport http .* is not available in this release/,
-      'gatehouse demo --help',
-    );
     expectUsage(
       listen,
       /--listen applies to --transport http; stdio has nothing to listen on/,
       'gatehouse serve --help',
     );
-    expectUsage(httpListen, /transport http .* is not available/, 'gatehouse serve --help');
     expectUsage(bad, /--listen "localhost" is not HOST:PORT/, 'gatehouse demo --help');
+    expectUsage(
+      unknown,
+      /unknown transport "websocket": use stdio or http/,
+      'gatehouse serve --help',
+    );
+    expectUsage(tokenFile, /--token-file applies to stdio/, 'gatehouse serve --help');
+  });
+
+  it('serve --transport http on an address in use: 2, naming it', async () => {
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const { port } = blocker.address() as AddressInfo;
+    try {
+      const r = await gatehouse([
+        'serve',
+        '--config',
+        config,
+        '--transport',
+        'http',
+        '--listen',
+        `127.0.0.1:${port}`,
+      ]);
+      expect(r.stderr).toMatch(
+        new RegExp(`cannot listen on 127.0.0.1:${port}: the address is in use`),
+      );
+      expect(r.status).toBe(2);
+    } finally {
+      blocker.close();
+    }
   });
 
   it('token: 0 with a JWT on stdout; 2 without --sub', async () => {
