@@ -1,6 +1,15 @@
 import { createHash } from 'node:crypto';
 import { constants, fstatSync, statSync } from 'node:fs';
-import { mkdir, open, readFile, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import {
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  stat,
+  unlink,
+  writeFile,
+  type FileHandle,
+} from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { canonicalJson } from './canonical.js';
@@ -11,8 +20,8 @@ import { canonicalJson } from './canonical.js';
  * `prev` is 64 zeros, `seq` counts from 1 without gaps. Each line is itself written in
  * canonical form, so the bytes on disk are exactly what was hashed (plus the `hash` key).
  *
- * One writer: the running server holds the file open and is the only process that appends
- * to it (readers such as `audit tail` and `audit verify` never write). `<file>.lock` keeps a
+ * One writer per chain file: the process that holds it open is the only one that appends to
+ * it (readers such as `audit tail` and `audit verify` never write). `<file>.lock` keeps a
  * second gateway from opening the same file, and before every write the writer checks that
  * the path still names the file it opened, at the size it left it: an edit, a truncation, a
  * deleted file or a writer that ignored the lock makes appends fail (and the call with them)
@@ -30,6 +39,15 @@ import { canonicalJson } from './canonical.js';
  * process dying) when `append` resolves, and the next durable line's fdatasync carries it to
  * disk too. The pipeline uses this for the decision line: written before the call executes,
  * on disk, with the outcome line, before the result is returned.
+ *
+ * Many processes, one trail (CONTRACT section 2): several gateways may share one config. The
+ * configured `audit.file` is the base chain, written by one process at a time, continued
+ * across restarts as a single writer always has; a process that finds it held (or ending in
+ * a torn line) writes a chain of its own beside it, `<stem>.<writer><ext>`
+ * (`audit.host-4242-20250602T091403Z.jsonl`), which no other process ever continues. A
+ * replica with a stable id (`GATEHOUSE_REPLICA_ID`) always writes `audit.<id>.jsonl` and
+ * continues it across its restarts. Every line names its `writer`; every chain starts at
+ * GENESIS_PREV; `listAuditChains` finds them all for `verify` and `tail`.
  *
  * Limit worth knowing: a chain proves order and integrity from the first line to the last
  * one it holds. Someone able to rewrite the whole file can recompute every hash, and
@@ -71,18 +89,103 @@ export interface AuditLine extends AuditRecord {
   level: number;
   /** pino's message key: `<kind> <tool> <effect or status>`, for log pipelines and pino-pretty. */
   msg: string;
+  /**
+   * Who wrote the line: GATEHOUSE_REPLICA_ID, else `<host>-<pid>-<start>`. Absent only in
+   * lines written before several processes could share a config.
+   */
+  writer?: string;
   time: string;
   seq: number;
   prev: string;
   hash: string;
 }
 
-/** The log cannot be trusted or continued; the message says why and what to do. */
+/**
+ * The log cannot be trusted or continued; the message says why and what to do. `why` lets
+ * `openAuditChain` tell a chain another process holds, or one a crash left torn (both: write
+ * a chain of its own), from one that was tampered with (refuse to start).
+ */
 export class AuditIntegrityError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
+  readonly why: 'busy' | 'torn' | 'invalid' | undefined;
+  constructor(message: string, options?: { cause?: unknown; why?: 'busy' | 'torn' | 'invalid' }) {
     super(message, options);
     this.name = 'AuditIntegrityError';
+    this.why = options?.why;
   }
+}
+
+/** A writer id as it appears in a chain's file name: what GATEHOUSE_REPLICA_ID may hold. */
+const WRITER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+/**
+ * Who writes: the stable replica id from GATEHOUSE_REPLICA_ID when set (a replica that
+ * restarts continues its chain), else `<hostname>-<pid>-<start time>`, unique per process.
+ */
+export function auditWriterId(env: NodeJS.ProcessEnv = process.env): string {
+  const replica = env.GATEHOUSE_REPLICA_ID;
+  if (replica !== undefined && replica !== '') {
+    if (!WRITER_ID.test(replica) || replica.endsWith('.lock')) {
+      throw new AuditIntegrityError(
+        `GATEHOUSE_REPLICA_ID must be 1 to 128 characters of A-Z a-z 0-9 _ . - starting with ` +
+          `a letter or digit (it names the replica's audit chain file), not ${JSON.stringify(replica)}`,
+      );
+    }
+    return replica;
+  }
+  const host =
+    os
+      .hostname()
+      .replace(/[^A-Za-z0-9_.-]/g, '_')
+      .replace(/^[^A-Za-z0-9]+/, '') || 'host';
+  return `${host.slice(0, 64)}-${process.pid}-${compactTime(PROCESS_START)}`;
+}
+
+const PROCESS_START = new Date(Date.now() - Math.round(process.uptime() * 1000));
+
+/** 2025-06-02T09:14:03.188Z -> 20250602T091403188Z: sortable, and safe in a file name. */
+function compactTime(d: Date): string {
+  return d.toISOString().replace(/[-:.]/g, '');
+}
+
+/** The chain file of one writer, beside the base: audit.jsonl -> audit.<writer>.jsonl. */
+export function auditChainFile(base: string, writer: string): string {
+  const { dir, stem, ext } = splitBase(base);
+  return path.join(dir, `${stem}.${writer}${ext}`);
+}
+
+function splitBase(base: string): { dir: string; stem: string; ext: string } {
+  const abs = path.resolve(base);
+  const ext = path.extname(abs);
+  return { dir: path.dirname(abs), stem: path.basename(abs, ext), ext };
+}
+
+/**
+ * Every chain the base names: the base itself when it exists, then each writer's chain
+ * beside it (`<stem>.<writer><ext>`), by name. Lock files and drafts are not chains.
+ */
+export async function listAuditChains(base: string): Promise<string[]> {
+  const abs = path.resolve(base);
+  const { dir, stem, ext } = splitBase(abs);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const chains = names
+    .filter((name) => isChainName(name, stem, ext))
+    .sort()
+    .map((name) => path.join(dir, name));
+  if (names.includes(path.basename(abs))) chains.unshift(abs);
+  return chains;
+}
+
+/** `<stem>.<writer><ext>` where the writer part could have come from auditWriterId. */
+export function isChainName(name: string, stem: string, ext: string): boolean {
+  if (!name.startsWith(`${stem}.`) || !name.endsWith(ext)) return false;
+  const writer = name.slice(stem.length + 1, name.length - ext.length);
+  return WRITER_ID.test(writer) && !/\.(lock|tmp)$/.test(writer);
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -106,6 +209,8 @@ export class AuditLog {
 
   private constructor(
     readonly file: string,
+    /** The writer id in every line this log appends. */
+    readonly writer: string,
     private readonly handle: FileHandle,
     private readonly lock: { file: string; content: string },
     private readonly identity: { dev: number; ino: number },
@@ -115,27 +220,30 @@ export class AuditLog {
   ) {}
 
   /**
-   * Opens (creating if needed) and continues the chain from the file's last line. A torn or
-   * invalid tail refuses to open: starting a fresh chain on top of it would hide the damage.
+   * Opens exactly this file (creating it if needed) and continues the chain from its last
+   * line. A torn or invalid tail refuses to open: starting a fresh chain on top of it would
+   * hide the damage. The gateway opens through `openAuditChain`, which picks the file.
    */
-  static async open(file: string): Promise<AuditLog> {
+  static async open(file: string, opts: { writer?: string } = {}): Promise<AuditLog> {
     const abs = path.resolve(file);
     if (OPEN_HERE.has(abs)) {
-      throw new AuditIntegrityError(`audit log ${abs} is already open in this process`);
+      throw new AuditIntegrityError(`audit log ${abs} is already open in this process`, {
+        why: 'busy',
+      });
     }
     OPEN_HERE.add(abs);
     try {
-      return await AuditLog.openLocked(abs);
+      return await AuditLog.openLocked(abs, opts.writer ?? auditWriterId());
     } catch (err) {
       OPEN_HERE.delete(abs);
       throw err;
     }
   }
 
-  private static async openLocked(abs: string): Promise<AuditLog> {
+  private static async openLocked(abs: string, writer: string): Promise<AuditLog> {
     const dir = path.dirname(abs);
     await mkdir(dir, { recursive: true, mode: 0o700 });
-    const lock = await acquireLock(abs);
+    const lock = await acquireLock(abs, writer);
     const existed = await stat(abs).then(
       () => true,
       (err: NodeJS.ErrnoException) => {
@@ -158,13 +266,23 @@ export class AuditLog {
             `audit log ${abs}: the last line is torn or invalid (${checked.reason}); refusing to ` +
               `continue the chain. Inspect it with "gatehouse audit verify --file ${abs}", then ` +
               'repair it or move the file aside to start a new log.',
+            { why: last === null ? 'torn' : 'invalid' },
           );
         }
         seq = checked.line.seq;
         prev = checked.line.hash;
       }
       if (!existed) await syncDir(dir);
-      return new AuditLog(abs, handle, lock, { dev: st.dev, ino: st.ino }, seq, prev, st.size);
+      return new AuditLog(
+        abs,
+        writer,
+        handle,
+        lock,
+        { dev: st.dev, ino: st.ino },
+        seq,
+        prev,
+        st.size,
+      );
     } catch (err) {
       await handle?.close().catch(() => undefined);
       await releaseLock(lock);
@@ -217,6 +335,7 @@ export class AuditLog {
       level: refused ? 40 : 30,
       msg: `${rec.kind} ${rec.tool} ${rec.kind === 'decision' ? rec.decision.effect : (rec.outcome?.status ?? 'unknown')}`,
       ...body,
+      writer: this.writer,
       time: new Date().toISOString(),
       seq,
       prev: this.prev,
@@ -291,14 +410,60 @@ export class AuditLog {
 }
 
 /**
+ * The gateway's audit log on a config's `audit.file` (the base). Without a replica id: the
+ * base chain when no other live process holds it, else a chain of this process's own beside
+ * it. A base whose last line is torn (a crash mid-write) is left as it is, closed, and this
+ * process writes its own chain: `audit verify` reports the torn tail, and no crash stops the
+ * gateways that come after. A base whose last complete line fails its check was edited:
+ * that still refuses to start. With GATEHOUSE_REPLICA_ID the replica's own chain, always
+ * (a second process with the same id is refused by its lock).
+ * `notice` hears why a process did not take the base (for the process log).
+ */
+export async function openAuditChain(
+  base: string,
+  opts: { env?: NodeJS.ProcessEnv; notice?: (message: string) => void } = {},
+): Promise<AuditLog> {
+  const env = opts.env ?? process.env;
+  const writer = auditWriterId(env);
+  if (env.GATEHOUSE_REPLICA_ID) return AuditLog.open(auditChainFile(base, writer), { writer });
+  try {
+    return await AuditLog.open(base, { writer });
+  } catch (err) {
+    if (!(err instanceof AuditIntegrityError) || (err.why !== 'busy' && err.why !== 'torn')) {
+      throw err;
+    }
+    const own = auditChainFile(base, writer);
+    opts.notice?.(
+      err.why === 'busy'
+        ? `${path.resolve(base)} is held by another gateway: writing the chain ${own}`
+        : `${path.resolve(base)} ends in a torn line (a crash mid-write?): leaving it closed, ` +
+            `writing the chain ${own}; "gatehouse audit verify" reports the torn tail`,
+    );
+    return AuditLog.open(own, { writer });
+  }
+}
+
+/**
  * Checks the whole chain. Stops at the first problem and names its 1-based line number.
  * Throws only when the file cannot be read at all (missing, a directory).
  */
-export async function verifyAuditFile(
-  file: string,
-): Promise<{ ok: true; lines: number } | { ok: false; line: number; reason: string }> {
+export type AuditVerdict =
+  | { ok: true; lines: number }
+  | {
+      ok: false;
+      line: number;
+      reason: string;
+      /**
+       * Set when the only problem is an incomplete last line (what a crash mid-write leaves):
+       * every line before it verified, and the whole lines end at byte `intactBytes`.
+       */
+      torn?: { intactBytes: number };
+    };
+
+export async function verifyAuditFile(file: string): Promise<AuditVerdict> {
   let n = 0;
   let prev = GENESIS_PREV;
+  let offset = 0;
   for await (const { bytes, complete } of scanLines(file)) {
     n++;
     if (!complete) {
@@ -306,8 +471,10 @@ export async function verifyAuditFile(
         ok: false,
         line: n,
         reason: 'torn last line: no trailing newline (interrupted write?)',
+        torn: { intactBytes: offset },
       };
     }
+    offset += bytes.length + 1;
     const checked = checkLine(bytes);
     if ('reason' in checked) return { ok: false, line: n, reason: checked.reason };
     const { line } = checked;
@@ -439,11 +606,15 @@ async function lastLine(handle: FileHandle, size: number): Promise<Buffer | null
  * in `append()` would catch it, but only by failing calls. Failing at start says it plainly.
  * A lock whose process is gone (a crash) is stale and taken over.
  */
-async function acquireLock(file: string): Promise<{ file: string; content: string }> {
+async function acquireLock(
+  file: string,
+  writer: string,
+): Promise<{ file: string; content: string }> {
   const lockFile = `${file}.lock`;
   const content = JSON.stringify({
     pid: process.pid,
     host: os.hostname(),
+    writer,
     since: new Date().toISOString(),
   });
   for (let attempt = 0; attempt < 3; attempt++) {
@@ -457,8 +628,10 @@ async function acquireLock(file: string): Promise<{ file: string; content: strin
     if (holder && holderAlive(holder)) {
       throw new AuditIntegrityError(
         `audit log ${file} is in use by process ${holder.pid} on ${holder.host} (since ` +
-          `${holder.since}): one gateway process per audit file, so give each its own ` +
-          `audit.file. If that process is gone, delete ${lockFile}.`,
+          `${holder.since}${holder.writer === undefined ? '' : `, writer ${holder.writer}`}): ` +
+          'one process per chain file; two replicas with the same GATEHOUSE_REPLICA_ID would ' +
+          `share one. If that process is gone, delete ${lockFile}.`,
+        { why: 'busy' },
       );
     }
     await unlink(lockFile).catch((e: NodeJS.ErrnoException) => {
@@ -468,11 +641,23 @@ async function acquireLock(file: string): Promise<{ file: string; content: strin
   throw new AuditIntegrityError(`could not take the lock ${lockFile}: it keeps coming back`);
 }
 
-function parseHolder(text: string): { pid: number; host: string; since: string } | null {
+function parseHolder(
+  text: string,
+): { pid: number; host: string; since: string; writer?: string } | null {
   try {
-    const v = JSON.parse(text) as { pid?: unknown; host?: unknown; since?: unknown };
+    const v = JSON.parse(text) as {
+      pid?: unknown;
+      host?: unknown;
+      since?: unknown;
+      writer?: unknown;
+    };
     if (typeof v.pid !== 'number' || typeof v.host !== 'string') return null;
-    return { pid: v.pid, host: v.host, since: typeof v.since === 'string' ? v.since : '?' };
+    return {
+      pid: v.pid,
+      host: v.host,
+      since: typeof v.since === 'string' ? v.since : '?',
+      ...(typeof v.writer === 'string' ? { writer: v.writer } : {}),
+    };
   } catch {
     return null;
   }
@@ -563,4 +748,45 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     const timer = setTimeout(done, ms);
     signal?.addEventListener('abort', done, { once: true });
   });
+}
+
+/**
+ * Merges chains read in parallel into one stream in time order: each source is already in
+ * its own time order (a chain is appended as it is written), so this is a k-way merge that
+ * holds one entry per source. Ties keep the order of the sources. A time that does not parse
+ * sorts first, rather than stalling the others.
+ */
+export async function* mergeByTime<T>(
+  sources: readonly AsyncIterable<T>[],
+  timeOf: (item: T) => number,
+): AsyncGenerator<T> {
+  const iterators = sources.map((s) => s[Symbol.asyncIterator]());
+  try {
+    const heads: Array<{ item: T; time: number } | undefined> = [];
+    const pull = async (i: number) => {
+      const next = await iterators[i]!.next();
+      if (next.done) heads[i] = undefined;
+      else {
+        const t = timeOf(next.value);
+        heads[i] = { item: next.value, time: Number.isNaN(t) ? -Infinity : t };
+      }
+    };
+    await Promise.all(iterators.map((_, i) => pull(i)));
+    for (;;) {
+      let best = -1;
+      for (let i = 0; i < heads.length; i++) {
+        const h = heads[i];
+        if (h && (best === -1 || h.time < heads[best]!.time)) best = i;
+      }
+      if (best === -1) return;
+      yield heads[best]!.item;
+      await pull(best);
+    }
+  } finally {
+    await Promise.all(
+      iterators.map(async (it) => {
+        await it.return?.();
+      }),
+    );
+  }
 }

@@ -1,5 +1,13 @@
 import { stat } from 'node:fs/promises';
-import { readAuditEntries, sleep, verifyAuditFile, type AuditLine } from './audit.js';
+import {
+  listAuditChains,
+  mergeByTime,
+  readAuditEntries,
+  sleep,
+  verifyAuditFile,
+  type AuditLine,
+  type AuditVerdict,
+} from './audit.js';
 import { head } from '../server/kernel/text.js';
 import { nearest } from '../server/kernel/yaml.js';
 import {
@@ -28,12 +36,64 @@ export async function auditVerify(file: string, io: Io): Promise<number> {
   // A log that is not there fails the check (it may have been deleted), like a broken one.
   if (!(await isFile(file, io, 'audit log'))) return 1;
   const result = await verifyAuditFile(file);
-  if (result.ok) {
-    await emit(io.out, `ok: ${plural(result.lines, 'line')}, chain intact\n`);
-    return 0;
+  await emit(io.out, verdictText(result, file));
+  return result.ok ? 0 : 1;
+}
+
+/**
+ * Every chain a config's `audit.file` covers (the base and each writer's chain beside it,
+ * CONTRACT section 2): one line per chain naming its file, then a count. Exit 1 when any
+ * chain is broken or ends in a torn line, or when there is no chain at all; every chain is
+ * checked either way, so one broken chain does not hide the state of the others.
+ */
+export async function auditVerifyChains(base: string, io: Io): Promise<number> {
+  const chains = await listAuditChains(base);
+  if (chains.length === 0) {
+    await emit(io.err, `gatehouse: no audit log at ${base}\n`);
+    return 1;
   }
-  await emit(io.out, `audit chain broken at line ${result.line}: ${result.reason}\n`);
-  return 1;
+  let bad = 0;
+  for (const file of chains) {
+    let result: AuditVerdict;
+    try {
+      result = await verifyAuditFile(file);
+    } catch (err) {
+      result = { ok: false, line: 0, reason: `cannot be read (${errorCode(err)})` };
+    }
+    if (!result.ok) bad++;
+    await emit(io.out, verdictText(result, file, { named: true }));
+  }
+  if (chains.length > 1) {
+    await emit(
+      io.out,
+      `${chains.length} chains: ${bad === 0 ? 'all intact' : `${bad} not intact`}\n`,
+    );
+  }
+  return bad === 0 ? 0 : 1;
+}
+
+/**
+ * One chain's verdict. A torn last line is what a crash mid-write leaves, not an edit: it is
+ * said so, with how to keep the lines that verify, and it still fails the check (the chain
+ * is incomplete, and lines cut from its end are indistinguishable from a log that stopped).
+ */
+function verdictText(r: AuditVerdict, file: string, opts: { named?: boolean } = {}): string {
+  const of = opts.named ? ` of ${file}` : '';
+  if (r.ok) return `ok: ${plural(r.lines, 'line')}, chain intact${opts.named ? `: ${file}` : ''}\n`;
+  if (r.torn) {
+    const kept = r.line > 1 ? `lines 1-${r.line - 1} verify` : 'no line before it';
+    return (
+      `audit chain broken at line ${r.line}${of}: torn last line (a truncated tail): no trailing ` +
+      `newline, as a crash mid-write leaves it; ${kept} (to keep only those: ` +
+      `truncate -s ${r.torn.intactBytes} ${file})\n`
+    );
+  }
+  if (r.line === 0) return `audit chain${of} ${r.reason}\n`;
+  return `audit chain broken at line ${r.line}${of}: ${r.reason}\n`;
+}
+
+function errorCode(err: unknown): string {
+  return (err as NodeJS.ErrnoException).code ?? String(err);
 }
 
 /**
@@ -66,13 +126,26 @@ export interface TailOptions {
   signal?: AbortSignal;
   /** How often to look for a log that does not exist yet, and for new lines. */
   pollMs?: number;
+  /**
+   * The file is a config's `audit.file`: read it and every writer's chain beside it, merged
+   * in time order, and with `follow`, chains that appear later too (CONTRACT section 2).
+   */
+  chains?: boolean;
 }
 
 export async function auditTail(file: string, opts: TailOptions, io: Io): Promise<number> {
-  if (opts.follow) {
-    const waited = await waitForFile(file, opts, io);
-    if (waited !== undefined) return waited;
-  } else if (!(await isFile(file, io, 'audit log'))) return 2;
+  let files: string[];
+  if (opts.chains) {
+    const found = await findChains(file, opts, io);
+    if (typeof found === 'number') return found;
+    files = found;
+  } else {
+    if (opts.follow) {
+      const waited = await waitForFile(file, opts, io);
+      if (waited !== undefined) return waited;
+    } else if (!(await isFile(file, io, 'audit log'))) return 2;
+    files = [file];
+  }
   const matches = (line: AuditLine) =>
     (opts.sub === undefined || line.sub === opts.sub) &&
     (opts.tool === undefined || line.tool === opts.tool) &&
@@ -81,14 +154,21 @@ export async function auditTail(file: string, opts: TailOptions, io: Io): Promis
   const show = (e: { raw: string; line: AuditLine }) =>
     (opts.json ? jsonForTerminal(e.raw) : auditText(e.line)) + '\n';
   const signal = opts.signal ? { signal: opts.signal } : {};
+  // Lines already read, per chain: following starts after them.
+  const seen = new Map<string, number>(files.map((f) => [f, 0]));
   try {
-    // What is there now: the last `lines` matches (all of them without -n).
-    let seen = 0;
+    // What is there now, every chain merged in time order: the last `lines` matches (all of
+    // them without -n).
     let matched = 0;
     const last: string[] = [];
     const names = { sub: new Set<string>(), tool: new Set<string>() };
-    for await (const entry of readAuditEntries(file, signal)) {
-      seen++;
+    const counted = async function* (f: string) {
+      for await (const entry of readAuditEntries(f, signal)) {
+        seen.set(f, (seen.get(f) ?? 0) + 1);
+        yield entry;
+      }
+    };
+    for await (const entry of mergeByTime(files.map(counted), (e) => Date.parse(e.line.time))) {
       names.sub.add(entry.line.sub);
       names.tool.add(entry.line.tool);
       if (!matches(entry.line)) continue;
@@ -100,24 +180,92 @@ export async function auditTail(file: string, opts: TailOptions, io: Io): Promis
       }
     }
     for (const text of last) await emit(io.out, text);
-    if (matched === 0 && seen > 0) await emit(io.err, nothingMatched(opts, names));
+    const total = [...seen.values()].reduce((a, b) => a + b, 0);
+    if (matched === 0 && total > 0) await emit(io.err, nothingMatched(opts, names));
     if (!opts.follow || opts.signal?.aborted) return 0;
-    // Then every new line: the file is append-only, so the first `seen` lines are the ones
-    // already read.
-    let n = 0;
-    for await (const entry of readAuditEntries(file, {
-      follow: true,
-      ...signal,
-      ...(opts.pollMs !== undefined ? { pollMs: opts.pollMs } : {}),
-    })) {
-      if (++n <= seen || !matches(entry.line)) continue;
-      await emit(io.out, show(entry));
-    }
+    await followChains(file, seen, opts, (entry) =>
+      matches(entry.line) ? emit(io.out, show(entry)) : Promise.resolve(),
+    );
   } catch (err) {
     await emit(io.err, `gatehouse audit tail: ${(err as Error).message}\n`);
     return 1;
   }
   return 0;
+}
+
+/**
+ * Follows every chain in `seen` after the lines already read (chains are append-only), and
+ * with `chains`, each new chain that appears beside the base from its first line: a gateway
+ * started after the tail writes one. Lines are shown as they are written. The first chain
+ * that cannot be read stops the whole tail (the error is thrown).
+ */
+async function followChains(
+  base: string,
+  seen: Map<string, number>,
+  opts: TailOptions,
+  show: (entry: { raw: string; line: AuditLine }) => Promise<void>,
+): Promise<void> {
+  const stop = new AbortController();
+  const abort = () => stop.abort();
+  opts.signal?.addEventListener('abort', abort, { once: true });
+  let failure: Error | undefined;
+  let out = Promise.resolve();
+  // One writer to the output at a time, in the order lines arrive from the chains.
+  const put = (entry: { raw: string; line: AuditLine }) => (out = out.then(() => show(entry)));
+  const poll = opts.pollMs !== undefined ? { pollMs: opts.pollMs } : {};
+  const follow = async (f: string, skip: number) => {
+    try {
+      let n = 0;
+      for await (const entry of readAuditEntries(f, {
+        follow: true,
+        signal: stop.signal,
+        ...poll,
+      })) {
+        if (++n > skip) await put(entry);
+      }
+    } catch (err) {
+      failure ??= err instanceof Error ? err : new Error(String(err));
+      stop.abort();
+    }
+  };
+  const running = [...seen].map(([f, skip]) => follow(f, skip));
+  try {
+    while (opts.chains && !stop.signal.aborted) {
+      await sleep(opts.pollMs ?? 200, stop.signal);
+      if (stop.signal.aborted) break;
+      for (const f of await listAuditChains(base)) {
+        if (seen.has(f)) continue;
+        seen.set(f, 0);
+        running.push(follow(f, 0));
+      }
+    }
+    await Promise.all(running);
+    await out;
+  } finally {
+    opts.signal?.removeEventListener('abort', abort);
+    stop.abort();
+  }
+  if (failure !== undefined) throw failure;
+}
+
+/**
+ * The chains a config's audit covers; with -f, waits for the first one (a gateway creates
+ * it when it starts). Else the exit code: 2 none there (without -f), 0 stopped while waiting.
+ */
+async function findChains(base: string, opts: TailOptions, io: Io): Promise<string[] | number> {
+  let said = false;
+  for (;;) {
+    const chains = await listAuditChains(base);
+    if (chains.length > 0) return chains;
+    if (!opts.follow) {
+      await emit(io.err, `gatehouse: no audit log at ${base}\n`);
+      return 2;
+    }
+    if (opts.signal?.aborted) return 0;
+    if (!said) await emit(io.err, `gatehouse audit tail: waiting for ${base} to be created\n`);
+    said = true;
+    await sleep(opts.pollMs ?? 200, opts.signal);
+  }
 }
 
 /**

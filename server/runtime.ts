@@ -11,7 +11,7 @@ import { describeSecretRef, resolveSecret, type SecretRef } from './kernel/secre
 import { formatFinding, lintGateway, refuseErrors, type Finding } from './policy-lint.js';
 import { loadPolicies, type PolicySet } from '../policies/load.js';
 import { createMasker, type Masker } from '../policies/masking.js';
-import { AuditLog } from '../recordings/audit.js';
+import { openAuditChain, type AuditLog } from '../recordings/audit.js';
 import type { TargetKind } from '../tools/kind.js';
 import { TARGET_KINDS } from '../tools/kinds.js';
 import type { ToolRegistry } from '../tools/registry.js';
@@ -73,7 +73,7 @@ export async function createRuntime(
     clockToleranceSec: id.clockToleranceSec,
     ...(id.devIssuer ? { devIssuer: id.devIssuer } : {}),
   });
-  const audit = await AuditLog.open(config.audit.file);
+  const audit = await openAuditChain(config.audit.file, { notice: (m) => log.warn(m) });
   const gateway = openGateway(config, policies.engine, {
     live: true,
     ...(opts.kinds ? { kinds: opts.kinds } : {}),

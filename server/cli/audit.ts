@@ -1,6 +1,7 @@
 import {
   auditTail,
   auditVerify,
+  auditVerifyChains,
   TAIL_DECISIONS,
   type TailDecision,
 } from '../../recordings/commands.js';
@@ -21,24 +22,34 @@ import {
 const fileOption = {
   type: 'string',
   value: 'F',
-  help: "the audit log to read (default: the config's audit.file)",
+  help: "one audit chain file to read (default: every chain the config's audit.file covers)",
 } as const satisfies Option;
 
-/** The log named by --file, else by the config (which must then exist). */
-async function auditFile(values: { file: string | undefined; config: string }): Promise<string> {
-  if (values.file !== undefined) return values.file;
+/**
+ * The log named by --file (that one file), else the config's audit.file, which covers every
+ * writer's chain beside it (CONTRACT section 2). The config must then exist.
+ */
+async function auditFile(values: {
+  file: string | undefined;
+  config: string;
+}): Promise<{ file: string; chains: boolean }> {
+  if (values.file !== undefined) return { file: values.file, chains: false };
   const config = await loadConfig(requireConfig(values.config, '--file F'));
-  return config.audit.file;
+  return { file: config.audit.file, chains: true };
 }
 
 const verify = command({
   name: 'verify',
-  summary: "recompute the audit log's hash chain",
+  summary: "recompute the audit log's hash chains",
+  details: [
+    "With --config, every chain the config's audit.file covers: the file itself and each writer's chain beside it (audit.<writer>.jsonl), one line per chain. A torn last line (a crash mid-write) is reported as such and fails the check; the other chains are checked all the same.",
+  ],
   options: { config: configOption, file: fileOption },
   exits:
-    '0 the chain is intact, 1 it is broken (the first bad line is named) or the log is missing, 2 usage or config error',
+    '0 every chain is intact, 1 one is broken or torn (its file and first bad line are named) or the log is missing, 2 usage or config error',
   async run({ values }, io) {
-    return auditVerify(await auditFile(values), io);
+    const { file, chains } = await auditFile(values);
+    return chains ? auditVerifyChains(file, io) : auditVerify(file, io);
   },
 });
 
@@ -47,6 +58,7 @@ const tail = command({
   summary: 'print the audit log, one readable line per entry (or the raw JSON lines)',
   details: [
     'A line shows time, subject, tool, target, operation, the decision (effect and rule; "refused (input)" or "refused (identity)" for a call refused before policy looked at it), the outcome, and what the call asked for (sql: the statement, on one line, cut at 160 characters). Control, bidi and invisible characters are shown as escapes (\\n, \\x1b, \\u202e).',
+    "With --config, every writer's chain the config's audit.file covers, merged in time order; with -f, chains that appear later are followed too.",
     'Filters combine; -n applies to the lines that pass them. With -f a log that does not exist yet is waited for.',
   ],
   options: {
@@ -83,7 +95,7 @@ const tail = command({
     const lines = values.lines === undefined ? undefined : lineCount(values.lines);
     const since = values.since === undefined ? undefined : sinceTime(values.since, Date.now());
     const decision = values.decision === undefined ? undefined : tailDecision(values.decision);
-    const file = await auditFile(values);
+    const { file, chains } = await auditFile(values);
     const controller = new AbortController();
     const stop = () => controller.abort();
     process.once('SIGINT', stop);
@@ -94,6 +106,7 @@ const tail = command({
         {
           follow: values.follow,
           json: values.json,
+          chains,
           signal: controller.signal,
           ...(lines !== undefined ? { lines } : {}),
           ...(since !== undefined ? { since } : {}),

@@ -1,4 +1,4 @@
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
@@ -73,12 +73,30 @@ export async function runDemo(
       ttlSec: 8 * 3600,
       audience: 'gatehouse',
     });
+    // The demo is one process per state directory, writing the directory's audit.jsonl
+    // itself: a replica id meant for a real deployment must not send it to a chain of its own.
+    delete process.env.GATEHOUSE_REPLICA_ID;
     const rt = await createRuntime(draft, opts.http ? { transport: 'http' } : {}).catch(
       async (err: unknown) => {
         await rm(draft, { force: true });
         throw err;
       },
     );
+    const base = path.join(dir, 'audit.jsonl');
+    if (rt.audit.file !== base) {
+      // A gateway that finds the audit log held writes a chain of its own beside it; a demo
+      // that did would be a second demo on this directory (one started in the same instant).
+      await rt.close().catch(() => undefined);
+      await rm(draft, { force: true });
+      // Its own chain holds nothing yet: no trace of the refused start is left behind.
+      if ((await stat(rt.audit.file).catch(() => undefined))?.size === 0)
+        await rm(rt.audit.file, { force: true });
+      await refuseIfInUse(dir);
+      throw new AuditIntegrityError(
+        `the demo's audit log ${base} ends in a torn line: check it with ` +
+          `"gatehouse audit verify --file ${base}", then move it aside (or use --dir D)`,
+      );
+    }
     await rename(draft, configFile);
     const about = [
       `  state     ${dir} (config, keys, audit log, recordings; --dir D for another)`,
@@ -125,9 +143,11 @@ export async function runDemo(
 }
 
 /**
- * One demo per state directory: its audit log takes one writer. The audit log's own lock is
- * what enforces that; this reads it first so a second demo (a client and a terminal both
- * started one) says so at once, and how to run beside it, before starting a database.
+ * One demo per state directory: the running demo holds the lock of its audit.jsonl. A
+ * second demo (a client and a terminal both started one) reads it here and says so at once,
+ * and how to run beside it, before starting a database; runDemo checks again once its
+ * gateway has opened the log, since a gateway that finds the log held writes a chain of
+ * its own instead of stopping.
  */
 async function refuseIfInUse(dir: string): Promise<void> {
   const text = await readFile(path.join(dir, 'audit.jsonl.lock'), 'utf8').catch(() => null);

@@ -16,17 +16,23 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
+  auditChainFile,
   AuditIntegrityError,
   AuditLog,
   auditHash,
+  auditWriterId,
   GENESIS_PREV,
+  isChainName,
+  listAuditChains,
+  mergeByTime,
+  openAuditChain,
   readAuditLines,
   verifyAuditFile,
   type AuditLine,
   type AuditRecord,
 } from '../../recordings/audit.js';
 import { canonicalJson } from '../../recordings/canonical.js';
-import { auditTail, auditVerify } from '../../recordings/commands.js';
+import { auditTail, auditVerify, auditVerifyChains } from '../../recordings/commands.js';
 import { capture } from '../helpers/io.js';
 
 let dir: string;
@@ -640,5 +646,156 @@ describe('audit commands', () => {
     const parsed = JSON.parse(j.out()) as AuditLine;
     expect(parsed.sub).toBe('eve\t\r\u0085\u009b\u202e\u2067\u200d\u2029\ufeff\u061c');
     expect(parsed.target).toBe(`main\n${fake}`);
+  });
+});
+
+describe('audit chains: one per writer (CONTRACT section 2)', () => {
+  it('names a writer by GATEHOUSE_REPLICA_ID, else host, pid and start time', () => {
+    expect(auditWriterId({ GATEHOUSE_REPLICA_ID: 'web-1' })).toBe('web-1');
+    expect(auditWriterId({})).toMatch(new RegExp(`-${process.pid}-\\d{8}T\\d{9}Z$`));
+    expect(auditWriterId({})).toBe(auditWriterId({}));
+    for (const bad of ['../x', 'a/b', '.hidden', 'x'.repeat(129), 'a b', 'x.lock'])
+      expect(() => auditWriterId({ GATEHOUSE_REPLICA_ID: bad })).toThrow(/GATEHOUSE_REPLICA_ID/);
+  });
+
+  it('puts each chain beside the base, and lists the base first, then the chains by name', async () => {
+    expect(auditChainFile(file, 'web-1')).toBe(path.join(dir, 'logs', 'audit.web-1.jsonl'));
+    expect(auditChainFile(path.join(dir, 'trail'), 'w')).toBe(path.join(dir, 'trail.w'));
+    expect(await listAuditChains(file)).toEqual([]);
+    await mkdir(path.dirname(file), { recursive: true });
+    for (const name of [
+      'audit.web-2.jsonl',
+      'audit.web-1.jsonl',
+      'audit.jsonl',
+      'audit.web-1.jsonl.lock',
+      'audit.jsonl.lock',
+      'audit..jsonl',
+      'audit-old.jsonl',
+      'other.web-1.jsonl',
+    ])
+      await writeFile(path.join(dir, 'logs', name), '');
+    expect(await listAuditChains(file)).toEqual(
+      ['audit.jsonl', 'audit.web-1.jsonl', 'audit.web-2.jsonl'].map((n) =>
+        path.join(dir, 'logs', n),
+      ),
+    );
+    expect(isChainName('audit.h-1-20250101T000000000Z.jsonl', 'audit', '.jsonl')).toBe(true);
+    expect(isChainName('audit.x.tmp.jsonl', 'audit', '.jsonl')).toBe(false);
+  });
+
+  it('writes the writer id into every line, and keeps chains apart', async () => {
+    const a = await AuditLog.open(file, { writer: 'a' });
+    const b = await openAuditChain(file, { env: {} });
+    expect(b.file).toBe(auditChainFile(file, auditWriterId({})));
+    const lines = [await a.append(rec(1)), await b.append(rec(2)), await a.append(rec(3))];
+    await Promise.all([a.close(), b.close()]);
+    expect(lines.map((l) => [l.writer, l.seq])).toEqual([
+      ['a', 1],
+      [auditWriterId({}), 1],
+      ['a', 2],
+    ]);
+    expect(lines[1]!.prev).toBe(GENESIS_PREV);
+    for (const f of await listAuditChains(file)) expect((await verifyAuditFile(f)).ok).toBe(true);
+  });
+
+  it('takes the base when it is free; a torn base is left closed and a chain of its own opens', async () => {
+    const first = await openAuditChain(file, { env: {} });
+    expect(first.file).toBe(file);
+    await first.append(rec(1));
+    await first.close();
+    await appendFile(file, '{"torn":');
+    const notices: string[] = [];
+    const next = await openAuditChain(file, { env: {}, notice: (m) => notices.push(m) });
+    expect(next.file).not.toBe(file);
+    await next.close();
+    expect(notices[0]).toMatch(/ends in a torn line/);
+    // A base whose last complete line was edited is not a crash: refused.
+    await setLines([(await fileLines())[0]!.replace('alice', 'mallory')]);
+    await expect(openAuditChain(file, { env: {} })).rejects.toThrow(/hash mismatch/);
+  });
+
+  it('a replica always writes its own chain and continues it; a torn one is refused', async () => {
+    const env = { GATEHOUSE_REPLICA_ID: 'r1' };
+    const one = await openAuditChain(file, { env });
+    expect(one.file).toBe(auditChainFile(file, 'r1'));
+    await one.append(rec(1));
+    await one.close();
+    const two = await openAuditChain(file, { env });
+    expect((await two.append(rec(2))).seq).toBe(2);
+    await two.close();
+    await appendFile(auditChainFile(file, 'r1'), '{"to');
+    await expect(openAuditChain(file, { env })).rejects.toThrow(/torn/);
+  });
+
+  it('verify reports a torn tail with the bytes of the whole lines before it', async () => {
+    await writeLog(2);
+    const size = (await readFile(file)).length;
+    await appendFile(file, '{"seq":3');
+    expect(await verifyAuditFile(file)).toEqual({
+      ok: false,
+      line: 3,
+      reason: expect.stringMatching(/torn/) as unknown,
+      torn: { intactBytes: size },
+    });
+  });
+
+  it('merges chains in time order, ties in source order', async () => {
+    async function* of(...items: Array<[string, number]>) {
+      for (const i of items) yield i;
+    }
+    const merged: string[] = [];
+    for await (const [name] of mergeByTime(
+      [of(['a1', 1], ['a2', 5], ['a3', 9]), of(), of(['b1', 2], ['b2', 5]), of(['c1', NaN])],
+      ([, t]) => t,
+    ))
+      merged.push(name);
+    expect(merged).toEqual(['c1', 'a1', 'b1', 'a2', 'b2', 'a3']);
+  });
+
+  it('verify and tail cover every chain of a base; --file stays one file', async () => {
+    await writeLog(2);
+    const other = await AuditLog.open(auditChainFile(file, 'w2'), { writer: 'w2' });
+    await other.append(rec(7, { sub: 'bob' }));
+    await other.close();
+    const v = capture();
+    expect(await auditVerifyChains(file, v.io)).toBe(0);
+    expect(v.out()).toBe(
+      `ok: 2 lines, chain intact: ${file}\n` +
+        `ok: 1 line, chain intact: ${auditChainFile(file, 'w2')}\n` +
+        '2 chains: all intact\n',
+    );
+    const t = capture();
+    expect(await auditTail(file, { follow: false, json: false, chains: true }, t.io)).toBe(0);
+    expect(
+      t
+        .out()
+        .trimEnd()
+        .split('\n')
+        .map((l) => l.split(' ')[1]),
+    ).toEqual(['alice', 'alice', 'bob']);
+    const one = capture();
+    expect(await auditVerify(file, one.io)).toBe(0);
+    expect(one.out()).toBe('ok: 2 lines, chain intact\n');
+    const missing = capture();
+    expect(await auditVerifyChains(path.join(dir, 'none.jsonl'), missing.io)).toBe(1);
+    expect(missing.err()).toMatch(/no audit log at/);
+  });
+
+  it('tail -f follows a chain that appears after it started', async () => {
+    await writeLog(1);
+    const controller = new AbortController();
+    const c = capture();
+    const tail = auditTail(
+      file,
+      { follow: true, json: false, chains: true, signal: controller.signal, pollMs: 20 },
+      c.io,
+    );
+    await waitFor(() => c.out().includes('alice'));
+    const late = await AuditLog.open(auditChainFile(file, 'late'), { writer: 'late' });
+    await late.append(rec(2, { sub: 'zoe' }));
+    await waitFor(() => c.out().includes('zoe'));
+    controller.abort();
+    expect(await tail).toBe(0);
+    await late.close();
   });
 });
