@@ -232,7 +232,8 @@ describe.skipIf(!pgInfo.available)('many gateway processes, one audit trail', ()
       // A gateway started now is not stopped by the torn chain: it writes its own.
       const dave = await startGateway('dave');
       expect((await query(dave, "SELECT 'dave-1' AS marker")).isError).toBeFalsy();
-      await waitFor(() => followed.includes('dave-1'));
+      // Its decision line, then its outcome line.
+      await waitFor(() => followed.split('dave-1').length === 3);
       expect(followed.trimEnd().split('\n')).toHaveLength(2);
       await dave.close();
       expect(await listAuditChains(base)).toHaveLength(4);
