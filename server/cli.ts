@@ -29,7 +29,7 @@ const gatehouse: Program = {
     ).version,
   entries: [serve, demo, token, policy, targets, audit, recordings, approvals],
   notes: [
-    'Not in this release: --transport http (Streamable HTTP, SSE) and gatehouse approvals (both exit 2).',
+    'Not in this release: gatehouse approvals (exit 2); rules that ask for approval answer APPROVAL_UNAVAILABLE.',
   ],
 };
 
