@@ -12,6 +12,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { spawn } from 'node:child_process';
+import { appendFile } from 'node:fs/promises';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import pg from 'pg';
 import { AuditLog } from '../../recordings/audit.js';
@@ -58,6 +61,7 @@ async function main() {
   const { info } = server;
   const dir = await mkdtemp(path.join(tmpdir(), 'gatehouse-bench-'));
   const clients: Client[] = [];
+  let stopHttp = () => {};
   try {
     await seedFixtures(info);
     const policy = {
@@ -146,6 +150,68 @@ async function main() {
     );
     await bare.end();
 
+    // Over HTTP: the same gateway config served with --transport http (limits raised so the
+    // per-identity limiter measures nothing), one call at a time, then 32 clients at once.
+    await appendFile(
+      configFile,
+      'http:\n  limits: { callsPerMinute: 100000000, concurrentCalls: 64 }\n',
+    );
+    const httpGateway = spawn(
+      process.execPath,
+      [
+        path.join(root, 'dist/server/cli.js'),
+        'serve',
+        '--config',
+        configFile,
+        '--transport',
+        'http',
+        '--listen',
+        '127.0.0.1:0',
+      ],
+      { env: { ...process.env, GATEHOUSE_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    stopHttp = () => httpGateway.kill('SIGTERM');
+    const httpUrl = await new Promise<URL>((resolve, reject) => {
+      let err = '';
+      httpGateway.stderr.on('data', (d: Buffer) => {
+        err += d.toString();
+        const m = /serving MCP over HTTP at (\S+)/.exec(err);
+        if (m) resolve(new URL(m[1]!));
+      });
+      httpGateway.once('exit', () => reject(new Error(`http gateway exited: ${err}`)));
+    });
+    const httpClient = async () => {
+      const c = new Client({ name: 'bench-http', version: '1.0.0' });
+      await c.connect(
+        new StreamableHTTPClientTransport(httpUrl, {
+          requestInit: { headers: { Authorization: `Bearer ${token}` } },
+        }),
+      );
+      clients.push(c);
+      return c;
+    };
+    const query = (c: Client, who: string) => async () =>
+      check(
+        (await c.callTool({
+          name: 'postgres_query',
+          arguments: { target: 'app-db', sql: SQL },
+        })) as CallToolResult,
+        who,
+      );
+    const oneHttp = await httpClient();
+    results.push(await measure('gatehouse over HTTP', query(oneHttp, 'gatehouse http')));
+    const many = await Promise.all(Array.from({ length: 32 }, () => httpClient()));
+    const perClient = Math.max(10, Math.floor(COUNT / 8));
+    for (const c of many) await query(c, 'warm-up')();
+    const started = process.hrtime.bigint();
+    await Promise.all(
+      many.map(async (c) => {
+        for (let i = 0; i < perClient; i++) await query(c, 'gatehouse http x32')();
+      }),
+    );
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const throughput = (32 * perClient) / seconds;
+
     // Where the governed time goes, measured in the same run: a call with no database work,
     // and one durable audit line (each governed call writes two: decision, then outcome).
     const context = [
@@ -179,7 +245,8 @@ async function main() {
     );
     await audit.close();
 
-    const [bareR, refR, govR] = results as [
+    const [bareR, refR, govR, httpR] = results as [
+      (typeof results)[0],
       (typeof results)[0],
       (typeof results)[0],
       (typeof results)[0],
@@ -192,13 +259,20 @@ async function main() {
     process.stdout.write(
       `\ngoverned / reference: p50 ${(govR.p50 / refR.p50).toFixed(2)}x, p99 ${(govR.p99 / refR.p99).toFixed(2)}x\n` +
         `governed / bare pg:   p50 ${(govR.p50 / bareR.p50).toFixed(2)}x, p99 ${(govR.p99 / bareR.p99).toFixed(2)}x\n` +
-        `reference / bare pg:  p50 ${(refR.p50 / bareR.p50).toFixed(2)}x, p99 ${(refR.p99 / bareR.p99).toFixed(2)}x\n`,
+        `reference / bare pg:  p50 ${(refR.p50 / bareR.p50).toFixed(2)}x, p99 ${(refR.p99 / bareR.p99).toFixed(2)}x\n` +
+        `HTTP / stdio (governed): p50 ${(httpR.p50 / govR.p50).toFixed(2)}x, p99 ${(httpR.p99 / govR.p99).toFixed(2)}x\n`,
+    );
+    process.stdout.write(
+      `\ngoverned reads over HTTP, 32 clients at once, audit on: ${throughput.toFixed(0)} calls/s ` +
+        `(${32 * perClient} calls in ${seconds.toFixed(2)} s; one client one call at a time: ` +
+        `${(1000 / httpR.p50).toFixed(0)} calls/s at its p50)\n`,
     );
     process.stdout.write(`\nwhere the governed time goes (same run)\n`);
     for (const r of context)
       process.stdout.write(`${r.name.padEnd(32)}${fmt(r.p50)} ${fmt(r.p99)}\n`);
   } finally {
     await Promise.allSettled(clients.map((c) => c.close()));
+    stopHttp();
     await server.stop();
     await rm(dir, { recursive: true, force: true });
   }
