@@ -128,6 +128,8 @@ const HttpSchema = z.strictObject({
     .strictObject({
       callsPerMinute: z.number().int().min(1).default(120),
       concurrentCalls: z.number().int().min(1).default(8),
+      /** Open MCP sessions (Streamable HTTP and SSE) per identity. */
+      sessions: z.number().int().min(1).default(16),
     })
     .prefault({}),
 });

@@ -62,6 +62,8 @@ interface HttpSession {
   readonly server: Server;
   readonly transport: StreamableHTTPServerTransport | SSEServerTransport;
   lastSeen: number;
+  /** Ids of this session's requests not answered yet (a duplicate is refused). */
+  readonly inFlight: Set<string | number>;
 }
 
 type AuthedRequest = IncomingMessage & { auth?: AuthInfo };
@@ -305,6 +307,7 @@ export class HttpGateway {
     if (!session) return;
     const body = await this.readBody(req, res);
     if (body === undefined) return;
+    if (!this.track(session, body, res)) return;
     await (session.transport as SSEServerTransport).handlePostMessage(authed, res, body);
   }
 
@@ -332,6 +335,7 @@ export class HttpGateway {
       }
       const session = this.owned(sid, 'streamable', caller, res);
       if (!session) return;
+      if (!this.track(session, body, res)) return;
       await (session.transport as StreamableHTTPServerTransport).handleRequest(req, res, body);
       return;
     }
@@ -384,8 +388,24 @@ export class HttpGateway {
     }
     session.identity = identity;
     const server = createMcpServer(this.rt, session, this.calls, { limiter: this.limiter });
-    entry = { kind, sub: identity.sub, session, server, transport, lastSeen: Date.now() };
+    entry = {
+      kind,
+      sub: identity.sub,
+      session,
+      server,
+      transport,
+      lastSeen: Date.now(),
+      inFlight: new Set(),
+    };
     const opened = entry;
+    // A response frees its request's id (over either transport, whatever carried it).
+    const send = transport.send.bind(transport);
+    transport.send = (message, options) => {
+      if ('id' in message && !('method' in message) && message.id !== undefined) {
+        opened.inFlight.delete(message.id);
+      }
+      return send(message, options);
+    };
     server.onclose = () => this.forget(opened);
     server.onerror = (err) => log.debug({ err: err.message }, 'MCP protocol error');
     await server.connect(transport);
@@ -425,8 +445,52 @@ export class HttpGateway {
     return s;
   }
 
+  /**
+   * A request whose id is still in flight in its session is refused: the transport maps
+   * answers by id, so a duplicate got the other request's result and left one response open
+   * (found by the blind red-team pass). A cancel frees its id.
+   */
+  private track(s: HttpSession, body: unknown, res: ServerResponse): boolean {
+    if (body === null || typeof body !== 'object') return true;
+    const m = body as { id?: unknown; method?: unknown; params?: { requestId?: unknown } };
+    const idOf = (v: unknown) => (typeof v === 'string' || typeof v === 'number' ? v : undefined);
+    if (m.method === 'notifications/cancelled') {
+      const id = idOf(m.params?.requestId);
+      if (id !== undefined) s.inFlight.delete(id);
+      return true;
+    }
+    const id = idOf(m.id);
+    if (typeof m.method !== 'string' || id === undefined) return true;
+    if (s.inFlight.has(id)) {
+      writeRpcError(
+        res,
+        409,
+        -32600,
+        'Invalid Request: a request with this id is still in flight in this session; use a new id',
+        {},
+        id,
+      );
+      return false;
+    }
+    s.inFlight.add(id);
+    return true;
+  }
+
   /** Opening a session counts against the identity's rate: HTTP 429 when over it. */
   private admitSession(res: ServerResponse, caller: Caller): boolean {
+    // Open sessions are capped per identity too: each holds memory, and an SSE stream a
+    // socket, until it ends; a rate alone let one identity hold thousands.
+    const max = this.rt.config.http.limits.sessions;
+    let open = 0;
+    for (const s of this.sessions.values()) if (s.sub === caller.identity.sub) open++;
+    if (open >= max) {
+      tooMany(res, {
+        ok: false,
+        reason: `${caller.identity.sub} has ${open} open sessions (http.limits.sessions: ${max}); end one (DELETE /mcp with its Mcp-Session-Id, or close its SSE stream)`,
+        retryAfterSec: 60,
+      });
+      return false;
+    }
     const a = this.limiter.admit(caller.identity.sub, { running: false });
     if (a.ok) return true;
     tooMany(res, a);
@@ -458,9 +522,12 @@ export class HttpGateway {
         `Payload Too Large: a request body is at most ${formatBytes(max)} (http.maxBodyBytes)`,
         { Connection: 'close' },
       );
-      // Discard what is still coming (bounded in time), so the client reads the 413.
+      // Discard what is still coming (bounded in time), so the client reads the 413. The
+      // socket is taken now: once the response is done `req.socket` is null, and reading it
+      // from the timer crashed the process (found by the blind red-team pass over HTTP).
+      const socket = req.socket as typeof req.socket | null;
       req.resume();
-      setTimeout(() => req.socket.destroy(), 10_000).unref();
+      setTimeout(() => socket?.destroy(), 10_000).unref();
     };
     if (Number(req.headers['content-length']) > max) {
       tooLarge();

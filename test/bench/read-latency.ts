@@ -154,7 +154,7 @@ async function main() {
     // per-identity limiter measures nothing), one call at a time, then 32 clients at once.
     await appendFile(
       configFile,
-      'http:\n  limits: { callsPerMinute: 100000000, concurrentCalls: 64 }\n',
+      'http:\n  limits: { callsPerMinute: 100000000, concurrentCalls: 64, sessions: 64 }\n',
     );
     const httpGateway = spawn(
       process.execPath,

@@ -1,3 +1,4 @@
+import { request as httpRequest } from 'node:http';
 import { execFile, spawn } from 'node:child_process';
 import { get as httpGet } from 'node:http';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -325,6 +326,107 @@ describe.skipIf(!pgInfo.available)('--transport http: an OAuth resource server',
     expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(
       /at most 64 KiB/,
     );
+  });
+
+  it('a chunked body over the limit gets 413 and the process keeps serving (red team: it crashed 10 s later)', async () => {
+    const token = await gw.mint('alice');
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = httpRequest(server.url, {
+        method: 'POST',
+        headers: {
+          ...bearer(token),
+          'Content-Type': 'application/json',
+          Accept: 'application/json, text/event-stream',
+          'Transfer-Encoding': 'chunked',
+        },
+      });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      const chunk = 'a'.repeat(16 * 1024);
+      for (let i = 0; i < 6; i++) req.write(chunk);
+      req.end();
+    });
+    expect(status).toBe(413);
+    // The discard timer fires after 10 s; the process (this test's own) must still be here.
+    await sleep(10_500);
+    expect((await fetch(new URL('/healthz', server.url))).status).toBe(200);
+    const client = await connectStreamable(server.url, token);
+    clients.push(client);
+    expect((await query(client, 'SELECT 1 AS still')).isError).toBeFalsy();
+  }, 30_000);
+
+  it('a request whose id is still in flight in its session is refused (409, -32600); the first gets its own answer', async () => {
+    const token = await gw.mint('gina');
+    const init = await post(server.url, INIT, bearer(token));
+    const sid = init.headers.get('mcp-session-id')!;
+    await init.text();
+    const headers = {
+      ...bearer(token),
+      'Mcp-Session-Id': sid,
+      'Mcp-Protocol-Version': '2025-06-18',
+    };
+    await (
+      await post(server.url, { jsonrpc: '2.0', method: 'notifications/initialized' }, headers)
+    ).text();
+    const call = (sql: string) => ({
+      jsonrpc: '2.0',
+      id: 9,
+      method: 'tools/call',
+      params: { name: 'postgres_query', arguments: { target: 'app-db', sql } },
+    });
+    const first = post(server.url, call('SELECT pg_sleep(0.5)::text AS s, 1 AS from_a'), headers);
+    await sleep(100);
+    const second = await post(server.url, call('SELECT 2 AS from_b'), headers);
+    expect(second.status).toBe(409);
+    expect(await second.json()).toMatchObject({ id: 9, error: { code: -32600 } });
+    const text = await (await first).text();
+    expect(text).toMatch(/from_a/);
+    expect(text).not.toMatch(/from_b/);
+    // Answered: the id is free again.
+    const again = await post(server.url, call('SELECT 3 AS reused'), headers);
+    expect(await again.text()).toMatch(/reused/);
+  });
+
+  it('open sessions are capped per identity (http.limits.sessions): 429 past it, free again once one ends', async () => {
+    const capped = await gatewayDir({
+      listen: '127.0.0.1:0',
+      publicUrl: RESOURCE,
+      limits: { callsPerMinute: 1000, concurrentCalls: 8, sessions: 2 },
+    });
+    dirs.push(capped.dir);
+    const cgw = await HttpGateway.start(
+      await createRuntime(capped.configFile, { transport: 'http' }),
+    );
+    try {
+      const token = await capped.mint('fay');
+      const a = await post(cgw.url, INIT, bearer(token));
+      const sidA = a.headers.get('mcp-session-id')!;
+      await a.text();
+      await (await post(cgw.url, INIT, bearer(token))).text();
+      const third = await post(cgw.url, INIT, bearer(token));
+      expect(third.status).toBe(429);
+      expect(((await third.json()) as { error: { message: string } }).error.message).toMatch(
+        /fay has 2 open sessions \(http\.limits\.sessions: 2\)/,
+      );
+      // Another identity is not affected.
+      const other = await post(cgw.url, INIT, bearer(await capped.mint('gus')));
+      expect(other.status).toBe(200);
+      await other.text();
+      // Ending one frees a place.
+      const del = await fetch(cgw.url, {
+        method: 'DELETE',
+        headers: { ...bearer(token), 'Mcp-Session-Id': sidA, 'Mcp-Protocol-Version': '2025-06-18' },
+      });
+      expect(del.status).toBe(200);
+      const fourth = await post(cgw.url, INIT, bearer(token));
+      expect(fourth.status).toBe(200);
+      await fourth.text();
+    } finally {
+      await cgw.shutdown('test end');
+    }
   });
 
   it('per-identity limits: LIMIT_EXCEEDED inside a session, 429 + Retry-After to open one', async () => {
