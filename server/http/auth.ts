@@ -84,7 +84,7 @@ export async function authenticateRequest(
       err instanceof GovernanceError && err.code === 'UNAUTHENTICATED'
         ? err.message
         : 'token refused';
-    log.info({ reason, cause: (err as Error)?.cause }, 'http: bearer token refused');
+    refusedLog.note(reason, (err as Error)?.cause);
     challenge(res, resource, 'invalid_token', reason);
     return undefined;
   }
@@ -120,6 +120,40 @@ function challenge(
 }
 
 /** An HTTP answer carrying a JSON-RPC error without an id (the request was not read as one). */
+/**
+ * Refused tokens are logged, but at most REFUSED_LOG_BURST lines per window; the rest are
+ * counted and summed up in one line when the window ends. A client sending bad tokens in a
+ * loop is not an identity the per-identity limits can see, and must not fill the disk
+ * (found by the blind red-team pass over HTTP: ~250 bytes of stderr per request).
+ */
+const REFUSED_LOG_BURST = 20;
+const REFUSED_LOG_WINDOW_MS = 10_000;
+const refusedLog = {
+  windowStart: 0,
+  logged: 0,
+  dropped: 0,
+  note(reason: string, cause: unknown): void {
+    const now = Date.now();
+    if (now - this.windowStart >= REFUSED_LOG_WINDOW_MS) {
+      if (this.dropped > 0) {
+        log.warn(
+          { dropped: this.dropped, windowMs: REFUSED_LOG_WINDOW_MS },
+          'http: more bearer tokens were refused than logged',
+        );
+      }
+      this.windowStart = now;
+      this.logged = 0;
+      this.dropped = 0;
+    }
+    if (this.logged < REFUSED_LOG_BURST) {
+      this.logged++;
+      log.info({ reason, cause }, 'http: bearer token refused');
+    } else {
+      this.dropped++;
+    }
+  },
+};
+
 export function writeRpcError(
   res: ServerResponse,
   status: number,

@@ -539,6 +539,13 @@ describe.skipIf(!pgInfo.available)('gatehouse serve --transport http: SIGTERM', 
         await sleep(50);
       }
       const url = new URL(m[1]!);
+      // Red team: refused tokens in a loop must not fill stderr (at most 20 lines a window).
+      for (let i = 0; i < 60; i++) {
+        const r = await post(url, INIT, bearer(`not.a.token${i}`));
+        expect(r.status).toBe(401);
+        await r.text();
+      }
+      expect(stderr.match(/bearer token refused/g)?.length ?? 0).toBeLessThanOrEqual(20);
       const n = 4;
       const cs = await Promise.all(
         Array.from({ length: n }, async (_, i) => connectStreamable(url, await g.mint(`t-${i}`))),
