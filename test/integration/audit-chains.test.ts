@@ -8,7 +8,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { loadDevIssuer } from '../../server/identity/dev-issuer.js';
 import { listAuditChains, type AuditLine } from '../../recordings/audit.js';
-import { CLI, cliEnv } from '../helpers/cli.js';
+import { CLI, cliEnv, runCli } from '../helpers/cli.js';
 import { writeGatewayConfig } from '../helpers/gateway.js';
 
 const pgInfo = inject('pg');
@@ -20,26 +20,7 @@ const policy = {
   ],
 };
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function gatehouse(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...CLI, ...args], {
-      env: cliEnv(env),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.once('error', reject);
-    child.once('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+const gatehouse = runCli;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

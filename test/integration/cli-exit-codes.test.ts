@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
@@ -8,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { AuditLog } from '../../recordings/audit.js';
-import { CLI, cliEnv } from '../helpers/cli.js';
+import { runCli, type CliRun } from '../helpers/cli.js';
 
 /**
  * CONTRACT section 1, exit codes: 0 ok, 1 a check failed or the operation was refused, 2 usage
@@ -18,26 +17,11 @@ import { CLI, cliEnv } from '../helpers/cli.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
+type Run = CliRun;
 
-function gatehouse(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...CLI, ...args], {
-      env: cliEnv({ GATEHOUSE_TOKEN: '', ...env }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.once('error', reject);
-    child.once('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+/** The CLI with no token in its environment. */
+const gatehouse = (args: string[], env: Record<string, string> = {}) =>
+  runCli(args, { GATEHOUSE_TOKEN: '', ...env });
 
 /** A loopback port nothing listens on: taken from the OS, then given back. */
 async function closedPort(): Promise<number> {

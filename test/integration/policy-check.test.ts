@@ -1,11 +1,10 @@
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
-import { CLI, cliEnv } from '../helpers/cli.js';
+import { runCli } from '../helpers/cli.js';
 
 /**
  * Issue #8 items 1-4, as a new user met them: `gatehouse policy check` said `ok` for
@@ -15,26 +14,9 @@ import { CLI, cliEnv } from '../helpers/cli.js';
  * against files in a temp dir; no database.
  */
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function gatehouse(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...CLI, ...args], {
-      env: cliEnv({ GATEHOUSE_TOKEN: '', ...env }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.once('error', reject);
-    child.once('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+/** The CLI with no token in its environment. */
+const gatehouse = (args: string[], env: Record<string, string> = {}) =>
+  runCli(args, { GATEHOUSE_TOKEN: '', ...env });
 
 /** The user's policy: an allow for staff writes, and a deny on unbounded ones, misspelt. */
 const typos = `rules:
