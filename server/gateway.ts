@@ -19,6 +19,23 @@ import { resolveSecret, type SecretRef } from './kernel/secrets.js';
  */
 export const SECRET_MIN_LENGTH = 8;
 
+/**
+ * Every target secret reference of a config, with its key path (`targets.shop-db.password`),
+ * as each target's kind declares them: what start-up and `policy check` check.
+ */
+export function targetSecretRefs(
+  config: GatehouseConfig,
+  kinds: readonly TargetKind[] = TARGET_KINDS,
+): Array<{ path: string[]; ref: SecretRef }> {
+  return Object.values(config.targets).flatMap((target) => {
+    const kind = kinds.find((k) => k.kind === target.kind);
+    return (kind?.secretRefs(target) ?? []).map(({ key, ref }) => ({
+      path: ['targets', target.name, key],
+      ref,
+    }));
+  });
+}
+
 /** The tools and the decision point of a gateway, over the target kinds of its config. */
 export interface Gateway extends OpenKinds {
   readonly decisions: DecisionPoint;

@@ -5,7 +5,7 @@ import type { TargetKind } from '../tools/kind.js';
 import { TARGET_KINDS } from '../tools/kinds.js';
 import type { ToolRegistry } from '../tools/registry.js';
 import type { GatehouseConfig } from './config.js';
-import { openGateway, SECRET_MIN_LENGTH } from './gateway.js';
+import { openGateway, SECRET_MIN_LENGTH, targetSecretRefs } from './gateway.js';
 import { ConfigError } from './kernel/errors.js';
 import { describeSecretRef, resolveSecret } from './kernel/secrets.js';
 import { loadYamlFile, nearest } from './kernel/yaml.js';
@@ -216,13 +216,7 @@ export async function checkSecrets(
   kinds: readonly TargetKind[] = TARGET_KINDS,
 ): Promise<Finding[]> {
   const { locate } = await loadYamlFile(config.file, z.unknown());
-  const refs = Object.values(config.targets).flatMap((target) => {
-    const kind = kinds.find((k) => k.kind === target.kind);
-    return (kind?.secretRefs(target) ?? []).map(({ key, ref }) => ({
-      path: ['targets', target.name, key],
-      ref,
-    }));
-  });
+  const refs = targetSecretRefs(config, kinds);
   const hmac = config.identity.hmacSecret;
   if (hmac) refs.push({ path: ['identity', 'hmacSecret'], ref: hmac });
 

@@ -3,7 +3,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { httpAudience, loadConfig, type GatehouseConfig } from './config.js';
 import type { DecisionPoint } from './decide.js';
-import { openGateway, SECRET_MIN_LENGTH } from './gateway.js';
+import { openGateway, SECRET_MIN_LENGTH, targetSecretRefs } from './gateway.js';
 import { createVerifier, type Verifier } from './identity/identity.js';
 import { ConfigError, GovernanceError } from './kernel/errors.js';
 import { log } from './kernel/log.js';
@@ -153,26 +153,20 @@ async function checkTargetSecrets(
   config: GatehouseConfig,
   kinds: readonly TargetKind[],
 ): Promise<void> {
-  for (const target of Object.values(config.targets)) {
-    const kind = kinds.find((k) => k.kind === target.kind);
-    for (const { key, ref } of kind?.secretRefs(target) ?? []) {
-      const where = `targets.${target.name}.${key}`;
-      let value: string;
-      try {
-        value = await resolveSecret(ref, config.dir, where);
-      } catch {
-        log.warn(
-          { target: target.name, key },
-          `${where}: ${describeSecretRef(ref)} is not set yet`,
-        );
-        continue;
-      }
-      if (value.length < SECRET_MIN_LENGTH) {
-        throw new ConfigError(
-          `${config.file}: ${where}: the secret is shorter than ${SECRET_MIN_LENGTH} characters; ` +
-            'use a longer one (a short secret cannot be scrubbed from results safely)',
-        );
-      }
+  for (const { path, ref } of targetSecretRefs(config, kinds)) {
+    const where = path.join('.');
+    let value: string;
+    try {
+      value = await resolveSecret(ref, config.dir, where);
+    } catch {
+      log.warn({ key: where }, `${where}: ${describeSecretRef(ref)} is not set yet`);
+      continue;
+    }
+    if (value.length < SECRET_MIN_LENGTH) {
+      throw new ConfigError(
+        `${config.file}: ${where}: the secret is shorter than ${SECRET_MIN_LENGTH} characters; ` +
+          'use a longer one (a short secret cannot be scrubbed from results safely)',
+      );
     }
   }
 }
