@@ -42,14 +42,50 @@ export const Limits = z.strictObject({
 });
 export type Limits = z.infer<typeof Limits>;
 
-export const Approval = z.strictObject({
-  approvers: z.union([
-    z.literal('client'),
-    z.strictObject({ groups: Strings.optional(), subjects: Strings.optional() }),
-  ]),
-  timeout: Duration.default(300_000),
-  grant: Duration.optional(),
-});
+/**
+ * How a rule's approval is taken (CONTRACT section 5). `timeout`: how long the request stays
+ * open; `hold`: how long one tool call waits for it before answering APPROVAL_PENDING (MCP
+ * clients drop a call after about 60 s, so the default stays under that); `grant`: a window in
+ * which the same identity repeats the same operation on the same target without asking again.
+ */
+export const Approval = z
+  .strictObject({
+    approvers: z.union([
+      z.literal('client'),
+      z
+        .strictObject({ groups: Strings.optional(), subjects: Strings.optional() })
+        .refine((a) => (a.groups?.length ?? 0) + (a.subjects?.length ?? 0) > 0, {
+          message: 'approvers needs at least one group or subject (or approvers: client)',
+        }),
+    ]),
+    timeout: Duration.default(300_000),
+    hold: Duration.default(45_000),
+    grant: Duration.optional(),
+    quorum: z.number().int().min(1).max(10).default(1),
+    requireReason: z.boolean().default(false),
+  })
+  .superRefine((a, ctx) => {
+    if (a.approvers === 'client' && a.quorum > 1) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['quorum'],
+        message: 'quorum above 1 needs approvers other than the client (groups or subjects)',
+      });
+    }
+    if (a.hold > 10 * 60_000) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['hold'],
+        message: 'hold is at most 10m (clients drop a tool call after about a minute)',
+      });
+    }
+    if (a.timeout > 7 * 24 * 3_600_000) {
+      ctx.addIssue({ code: 'custom', path: ['timeout'], message: 'timeout is at most 168h' });
+    }
+    if (a.grant !== undefined && a.grant > 24 * 3_600_000) {
+      ctx.addIssue({ code: 'custom', path: ['grant'], message: 'grant is at most 24h' });
+    }
+  });
 export type Approval = z.infer<typeof Approval>;
 
 export const Rule = z

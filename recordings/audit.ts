@@ -67,7 +67,23 @@ export interface AuditRecord {
   operation: string | null;
   input: unknown;
   decision: { effect: string; rule: string; reason: string };
-  approval?: { id: string; approver: string; answer: string };
+  /**
+   * On an outcome line: the approval the call ran under (`answer` approve; `approver` the
+   * approvers' subs, comma-separated) or was refused by. On an `approval` line: the event
+   * (requested, answered, expired, consumed, grant-used) and, for an answer, who and why.
+   */
+  approval?: {
+    id: string;
+    approver: string;
+    answer: string;
+    event?: ApprovalEventName;
+    reason?: string;
+    grant?: string;
+  };
+  /** The agent's stated purpose for the call (the governed tools' `reason` input). */
+  reason?: string;
+  /** The W3C traceparent of the request, when one came in `_meta`. */
+  trace?: string;
   /** null on a decision line: the call has not run yet. */
   outcome?: {
     status: string;
@@ -81,8 +97,20 @@ export interface AuditRecord {
   } | null;
   /** Counts per detector on an outcome line ({} when nothing was masked); null on a decision line. */
   masked?: Record<string, number> | null;
-  kind: 'decision' | 'outcome';
+  /** `approval`: a step of a human approval (server/approvals), between decision and outcome. */
+  kind: 'decision' | 'outcome' | 'approval';
 }
+
+export type ApprovalEventName =
+  | 'requested'
+  | 'joined'
+  | 'answered'
+  | 'approved'
+  | 'denied'
+  | 'expired'
+  | 'consumed'
+  | 'grant-used'
+  | 'grant-revoked';
 
 export interface AuditLine extends AuditRecord {
   /** pino's numeric level: 30 (info), 40 (warn) for a denial or a failed outcome. */
@@ -330,10 +358,20 @@ export class AuditLog {
     delete body.hash;
     const seq = this.seq + 1;
     const refused =
-      rec.kind === 'decision' ? rec.decision.effect === 'deny' : rec.outcome?.status !== 'ok';
+      rec.kind === 'decision'
+        ? rec.decision.effect === 'deny'
+        : rec.kind === 'approval'
+          ? rec.approval?.event === 'denied' || rec.approval?.event === 'expired'
+          : rec.outcome?.status !== 'ok';
+    const what =
+      rec.kind === 'decision'
+        ? rec.decision.effect
+        : rec.kind === 'approval'
+          ? (rec.approval?.event ?? 'unknown')
+          : (rec.outcome?.status ?? 'unknown');
     const line: Record<string, unknown> = {
       level: refused ? 40 : 30,
-      msg: `${rec.kind} ${rec.tool} ${rec.kind === 'decision' ? rec.decision.effect : (rec.outcome?.status ?? 'unknown')}`,
+      msg: `${rec.kind} ${rec.tool} ${what}`,
       ...body,
       writer: this.writer,
       time: new Date().toISOString(),

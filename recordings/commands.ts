@@ -384,7 +384,13 @@ function auditText(line: AuditLine): string {
     line.operation ?? '-',
     ...decided,
   ];
-  if (line.approval) parts.push(`approval:${line.approval.answer}:${line.approval.approver}`);
+  const a = line.approval;
+  if (a) {
+    // `approval:requested:apr_…`, `approval:denied:apr_…:by=bob`
+    const by = a.approver && a.approver !== '-' ? `:by=${a.approver}` : '';
+    parts.push(`approval:${a.event ?? a.answer}:${a.id}${by}`);
+    if (a.reason) parts.push(`(${head(a.reason, 200)})`);
+  }
   const o = line.outcome;
   if (o) {
     parts.push(o.status);
@@ -483,6 +489,13 @@ function callText(ev: RecordedCall): string {
   if (ev.approval) {
     const a = ev.approval;
     lines.push(`  approval ${safe(a.answer)} by ${safe(a.approver)} (${safe(a.id)})`);
+    if (a.form !== undefined) {
+      lines.push('  form');
+      for (const l of a.form.split('\n')) lines.push(`    ${safe(l)}`);
+    }
+    if (a.response !== undefined) {
+      lines.push(`  answer   ${safe(a.response)}${a.reason ? ` (${safe(a.reason)})` : ''}`);
+    }
   }
   const result = ev.result as { isError?: unknown; content?: unknown } | null | undefined;
   lines.push(`  result${result?.isError === true ? ' (error)' : ''}`);

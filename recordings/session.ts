@@ -17,7 +17,15 @@ import { scanLines } from './audit.js';
 const ID = /^[A-Za-z0-9_-]+$/;
 
 const Decision = z.object({ effect: z.string(), rule: z.string(), reason: z.string() });
-const Approval = z.object({ id: z.string(), approver: z.string(), answer: z.string() });
+const Approval = z.object({
+  id: z.string(),
+  approver: z.string(),
+  answer: z.string(),
+  /** In band: the form the person at the client was shown, and what it answered. */
+  form: z.string().optional(),
+  response: z.string().optional(),
+  reason: z.string().optional(),
+});
 
 const HeaderLine = z.object({
   type: z.literal('header'),

@@ -29,7 +29,7 @@ const gatehouse: Program = {
     ).version,
   entries: [serve, demo, token, policy, targets, audit, recordings, approvals],
   notes: [
-    'Not in this release: gatehouse approvals (exit 2); rules that ask for approval answer APPROVAL_UNAVAILABLE.',
+    'gatehouse approvals talks to a running HTTP server (serve --transport http) with your own token.',
   ],
 };
 

@@ -2,7 +2,8 @@ import path from 'node:path';
 import { z } from 'zod';
 import { deepFreeze } from './kernel/freeze.js';
 import { resolvePath } from './kernel/paths.js';
-import { parseSize } from './kernel/units.js';
+import { Duration, parseSize } from './kernel/units.js';
+import { SecretRef } from './kernel/secrets.js';
 import { loadYamlFile } from './kernel/yaml.js';
 import { IdentitySchema } from './identity/config.js';
 import type { TargetKind } from '../tools/kind.js';
@@ -40,12 +41,68 @@ function configSchema(kinds: readonly TargetKind[]) {
     recordings: z
       .strictObject({ dir: z.string().min(1).default('.gatehouse/recordings') })
       .default({ dir: '.gatehouse/recordings' }),
-    state: z
-      .strictObject({ file: z.string().min(1).default('.gatehouse/state.json') })
-      .default({ file: '.gatehouse/state.json' }),
+    state: StateSchema.prefault({}),
     http: HttpSchema.prefault({}),
+    notifications: NotificationsSchema.prefault({}),
   });
 }
+
+// ---- state: (approvals and grants) ----------------------------------------------------------
+
+/**
+ * Where approvals and grants live. `file` (lowdb, the default) is shared safely by the gateway
+ * processes of one machine; `postgres` by replicas on several machines. `file`'s folder also
+ * holds the pseudonym key, whichever backend keeps the approvals.
+ */
+const StateSchema = z.strictObject({
+  file: z.string().min(1).default('.gatehouse/state.json'),
+  postgres: z
+    .strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: z.number().int().min(1).max(65_535).default(5432),
+      database: z.string().min(1),
+      user: z.string().min(1),
+      password: SecretRef.optional(),
+      /** The schema holding Gatehouse's tables, created on first start. */
+      schema: z
+        .string()
+        .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'a schema name is lower-case letters, digits and _')
+        .default('gatehouse'),
+    })
+    .optional(),
+});
+export type StateConfig = z.output<typeof StateSchema>;
+
+// ---- notifications: ------------------------------------------------------------------------
+
+const NotificationsSchema = z.strictObject({
+  /** POSTed a JSON message when an approval is requested and when it is answered. */
+  webhook: z
+    .strictObject({
+      url: z.string().superRefine((s, ctx) => {
+        let u: URL;
+        try {
+          u = new URL(s);
+        } catch {
+          ctx.addIssue({ code: 'custom', message: `not a URL: ${JSON.stringify(s)}` });
+          return;
+        }
+        if (u.protocol !== 'https:' && !(u.protocol === 'http:' && isLoopbackHost(u.hostname))) {
+          ctx.addIssue({
+            code: 'custom',
+            message: 'must be https (http only for a loopback host)',
+          });
+        }
+      }),
+      /** HMAC-SHA256 key: each POST carries `X-Gatehouse-Signature`. */
+      secret: SecretRef.optional(),
+      timeout: Duration.default(5_000),
+      /** Further attempts after a failed POST (1 s, 2 s, 4 s ... apart). */
+      retries: z.number().int().min(0).max(10).default(3),
+    })
+    .optional(),
+});
+export type NotificationsConfig = z.output<typeof NotificationsSchema>;
 
 // ---- http: (only for --transport http) ---------------------------------------------------
 
@@ -158,7 +215,8 @@ export interface GatehouseConfig {
   readonly policies: readonly string[];
   readonly audit: { readonly file: string };
   readonly recordings: { readonly dir: string };
-  readonly state: { readonly file: string };
+  readonly state: StateConfig;
+  readonly notifications: NotificationsConfig;
   /** `http:`, defaults filled in; read only by --transport http. */
   readonly http: HttpConfig;
 }
@@ -201,7 +259,8 @@ export async function loadConfig(
     policies: value.policies.map((p) => resolvePath(dir, p)),
     audit: { file: resolvePath(dir, value.audit.file) },
     recordings: { dir: resolvePath(dir, value.recordings.dir) },
-    state: { file: resolvePath(dir, value.state.file) },
+    state: { ...value.state, file: resolvePath(dir, value.state.file) },
+    notifications: value.notifications,
     http: value.http,
   });
 }

@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import type { PolicyEngine } from '../policies/engine.js';
+import { awaitApprovalTool } from '../tools/await_approval/definition.js';
 import { explainTool } from '../tools/explain/definition.js';
 import type { KindEnv, TargetBase, TargetKind } from '../tools/kind.js';
 import { TARGET_KINDS } from '../tools/kinds.js';
@@ -76,6 +77,7 @@ export function openGateway(
   const opened = openKinds(kinds, (kind) => kindEnv(config, kind, opts.live), [
     bindTool(listTargetsTool, { ...own, resolve: resolveView }),
     bindTool(explainTool, { ...own, resolve: resolveView }),
+    bindTool(awaitApprovalTool, { ...own, resolve: async () => ({ target: null, secrets: [] }) }),
   ]);
   const decisions = new DecisionPoint(opened.tools, engine, opened.laterTools, (name) =>
     Object.hasOwn(config.targets, name) ? config.targets[name]?.kind : undefined,

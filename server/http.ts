@@ -19,6 +19,7 @@ import {
   type Caller,
   type Resource,
 } from './http/auth.js';
+import { isApprovalsPath, serveApprovals } from './http/approvals.js';
 import { CallLimiter, type Refused } from './http/limits.js';
 import type { Identity } from './identity/identity.js';
 import { ConfigError } from './kernel/errors.js';
@@ -268,7 +269,8 @@ export class HttpGateway {
       if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(res, 'GET');
       return json(res, 200, this.resource.metadata);
     }
-    if (path !== MCP_PATH && path !== SSE_PATH && path !== MESSAGES_PATH) {
+    const approvalsApi = isApprovalsPath(path);
+    if (path !== MCP_PATH && path !== SSE_PATH && path !== MESSAGES_PATH && !approvalsApi) {
       writeRpcError(res, 404, -32601, `Not found: MCP is served at ${MCP_PATH} (and ${SSE_PATH})`);
       return;
     }
@@ -297,6 +299,12 @@ export class HttpGateway {
     if (!caller) return;
     const authed = req as AuthedRequest;
     authed.auth = caller.auth;
+    if (approvalsApi) {
+      const who = { sub: caller.identity.sub, groups: caller.identity.groups };
+      return serveApprovals(req, res, path, who, this.rt.approvals, () =>
+        this.readBody(req, res),
+      );
+    }
     if (path === MCP_PATH) return this.streamable(authed, res, caller);
     if (path === SSE_PATH) {
       if (req.method !== 'GET') return methodNotAllowed(res, 'GET');

@@ -125,6 +125,12 @@ function boundedClientInfo(
   return { name: bound(info.name), version: bound(info.version) };
 }
 
+/**
+ * W3C Trace Context `traceparent`: version 00 (or a later one, read as 00), a non-zero trace id
+ * and parent id. Anything else is not recorded: the field is the client's words.
+ */
+const TRACEPARENT = /^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$/;
+
 /** The SDK's per-request context, as the pipeline sees it (server/request.ts). */
 function requestContext(
   server: Server,
@@ -132,9 +138,12 @@ function requestContext(
   signal: AbortSignal,
 ): RequestContext {
   const token = extra._meta?.progressToken;
-  const canElicit = server.getClientCapabilities()?.elicitation !== undefined;
+  // A client that declared only URL elicitation cannot show a form.
+  const canElicit = server.getClientCapabilities()?.elicitation?.form !== undefined;
+  const trace = extra._meta?.traceparent;
   return {
     signal,
+    ...(typeof trace === 'string' && TRACEPARENT.test(trace) ? { trace } : {}),
     ...(extra.authInfo ? { authInfo: extra.authInfo } : {}),
     ...(canElicit
       ? {

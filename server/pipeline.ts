@@ -10,6 +10,11 @@ import type {
   RegisteredTool,
   ToolOutput,
 } from '../tools/types.js';
+import type { Approval } from '../policies/schema.js';
+import { AWAIT_APPROVAL, type AwaitApprovalInput } from '../tools/await_approval/definition.js';
+import { askClient, type ApprovalEvidence } from './approvals/client.js';
+import { ApprovalService, type CallToApprove } from './approvals/service.js';
+import type { ApprovalRecord } from './approvals/types.js';
 import { boundCall, wellFormedDeep, type BoundedCall } from './bounds.js';
 import type { Identity } from './identity/identity.js';
 import { GovernanceError, toGovernanceError } from './kernel/errors.js';
@@ -53,6 +58,8 @@ interface Received {
   readonly args: unknown;
   /** What the evidence keeps of the call before its input parses: bounded, well-formed. */
   readonly sent: BoundedCall;
+  /** Filled by an in-band approval: the form shown and the answer, for the recording. */
+  readonly shownForm: ApprovalEvidence;
 }
 interface Authenticated extends Omit<Received, 'stage'> {
   readonly stage: 'authenticated';
@@ -63,6 +70,8 @@ interface Parsed extends Omit<Authenticated, 'stage'> {
   readonly stage: 'parsed';
   readonly tool: RegisteredTool;
   readonly parsed: ParsedCall;
+  /** await_approval: the held call this request stands for (its tool and input are parsed). */
+  readonly held?: ApprovalRecord;
 }
 interface Described extends Omit<Parsed, 'stage'> {
   readonly stage: 'described';
@@ -75,6 +84,30 @@ interface Decided extends Omit<Described, 'stage'> {
 }
 interface Approved extends Omit<Decided, 'stage'> {
   readonly stage: 'approved';
+  /** The approval or grant the call runs under, when its rule asked for one. */
+  readonly approval?: UsedApproval;
+}
+
+/** What the outcome line and the recording say about the approval a call ran under. */
+interface UsedApproval {
+  readonly id: string;
+  /** The approvers' subs, comma-separated; for a grant, `grant:<id>`. */
+  readonly approver: string;
+  readonly answer: 'approve';
+  readonly via: 'elicitation' | 'approvers' | 'grant';
+  /** Stored approvals: the result is kept for a repeated await_approval. */
+  readonly stored: boolean;
+}
+
+/**
+ * Thrown by the approval stage when the approval was already used: the call that used it
+ * answered this result, and a repeated await_approval answers it again instead of running the
+ * call a second time.
+ */
+class AlreadyAnswered extends Error {
+  constructor(readonly result: CallToolResult) {
+    super('already answered');
+  }
 }
 /** From here on the target's credentials are known, and scrubbed from whatever comes back. */
 interface Connected extends Omit<Approved, 'stage'> {
@@ -125,6 +158,7 @@ export async function handleToolCall(
     started: Date.now(),
     args,
     sent: boundName(tool, args),
+    shownForm: {},
   };
   let reached: Reached = received;
   const step = <T extends Reached>(next: T): T => {
@@ -135,7 +169,7 @@ export async function handleToolCall(
   let failure: GovernanceError | undefined;
   try {
     const authenticated = step(await authenticate(received));
-    const parsed = step(parse(authenticated));
+    const parsed = step(await parse(authenticated));
     const described = step(await describe(parsed));
     const decided = step(await decide(described));
     const approved = step(await approve(decided));
@@ -144,6 +178,10 @@ export async function handleToolCall(
     const masked = step(mask(executed));
     result = step(render(masked)).result;
   } catch (err) {
+    if (err instanceof AlreadyAnswered) {
+      await record(reached, err.result);
+      return err.result;
+    }
     failure = toGovernanceError(err);
     if (failure.code === 'INTERNAL' || failure.cause) {
       log.warn(
@@ -170,6 +208,13 @@ export async function handleToolCall(
       { cause: err },
     );
     result = errorResult(reached, failure);
+  }
+  const used = usedApproval(reached);
+  if (used?.stored) {
+    // The approval is consumed: whatever this call answered is its one answer.
+    await rt.approvals.saveResult(used.id, result).catch((err: unknown) =>
+      log.error({ callId: received.callId, err: describeCause(err) }, 'approval result not saved'),
+    );
   }
   await record(reached, result);
   return result;
@@ -212,10 +257,27 @@ async function authenticate(c: Received): Promise<Authenticated> {
   };
 }
 
-function parse(c: Authenticated): Parsed {
+async function parse(c: Authenticated): Promise<Parsed> {
   if (c.sent.problem) throw new GovernanceError('INVALID_INPUT', c.sent.problem);
   const tool = c.rt.decisions.find(c.sent.tool);
-  return { ...c, stage: 'parsed', tool, parsed: c.rt.decisions.parse(tool, c.args) };
+  const parsed = c.rt.decisions.parse(tool, c.args);
+  if (tool.name !== AWAIT_APPROVAL) return { ...c, stage: 'parsed', tool, parsed };
+  // await_approval stands for the held call: that call goes through policy again (a policy
+  // changed meanwhile decides anew), and the approval stage waits for its approval.
+  const { id } = parsed.input as AwaitApprovalInput;
+  const held = await c.rt.approvals.get(id);
+  // Someone else's approval is "not found" too: ids are not an oracle for other identities.
+  if (!held || held.requester.sub !== c.identity.sub) {
+    throw new GovernanceError('INVALID_INPUT', `no approval ${id} for ${c.identity.sub}`);
+  }
+  const heldTool = c.rt.decisions.find(held.tool);
+  return {
+    ...c,
+    stage: 'parsed',
+    tool: heldTool,
+    parsed: c.rt.decisions.parse(heldTool, held.args),
+    held,
+  };
 }
 
 async function describe(c: Parsed): Promise<Described> {
@@ -238,7 +300,14 @@ async function decide(c: Described): Promise<Decided> {
  * The gate: a denied call stops here; the tool's own refusal (several statements, an
  * unsupported form) is checked here only, once policy has spoken (the agent learns policy's
  * answer first, as explain shows it) and before any human is asked to approve a call that
- * could not run; a rule that asks for approval gets one. This release cannot take approvals.
+ * could not run; a rule that asks for approval gets one (server/approvals):
+ *
+ * - a grant window the rule opened for this identity, target and operation lets it through;
+ * - `approvers: client`: the person at the requesting client answers an elicitation form,
+ *   within the rule's `timeout`;
+ * - approvers by group or subject: the call becomes a pending approval that others answer;
+ *   this call waits at most the rule's `hold`, then answers APPROVAL_PENDING, and
+ *   await_approval waits again. Once approved it runs exactly once, whichever call gets there.
  */
 async function approve(c: Decided): Promise<Approved> {
   const { decision } = c;
@@ -247,14 +316,165 @@ async function approve(c: Decided): Promise<Approved> {
   }
   const refusal = c.described.description.refusal;
   if (refusal) throw new GovernanceError('INVALID_INPUT', refusal);
-  if (decision.effect === 'approve') {
+  if (decision.effect === 'allow') return { ...c, stage: 'approved' };
+  const rule = decision.approval;
+  if (!rule) {
+    // The schema requires an approval block with effect approve; a bug guard.
+    throw new GovernanceError('INTERNAL', `rule ${decision.rule} has no approval block`);
+  }
+  const call = callToApprove(c, rule);
+  if (rule.requireReason && call.purpose === undefined) {
     throw new GovernanceError(
-      'APPROVAL_UNAVAILABLE',
-      `rule ${decision.rule} requires approval, and this gateway cannot take approvals yet`,
+      'INVALID_INPUT',
+      `rule ${decision.rule} needs a reason: call again with "reason" saying why this call is needed`,
       { rule: decision.rule },
     );
   }
-  return { ...c, stage: 'approved' };
+  if (c.held) return { ...c, stage: 'approved', approval: await awaitHeld(c, c.held, rule) };
+  const grant = await c.rt.approvals.findGrant(call);
+  if (grant) {
+    await c.rt.approvals.useGrant(grant, call);
+    return {
+      ...c,
+      stage: 'approved',
+      approval: {
+        id: grant.approvalId,
+        approver: `grant:${grant.id}`,
+        answer: 'approve',
+        via: 'grant',
+        stored: false,
+      },
+    };
+  }
+  if (rule.approvers === 'client') {
+    return { ...c, stage: 'approved', approval: await askClient(c, call, rule, c.shownForm) };
+  }
+  const { record } = await c.rt.approvals.request(call);
+  return { ...c, stage: 'approved', approval: await holdFor(c, record.id, rule) };
+}
+
+function callToApprove(c: Decided, rule: Approval): CallToApprove {
+  const purpose = (c.parsed.input as { reason?: unknown }).reason;
+  return {
+    requester: { sub: c.identity.sub, groups: c.identity.groups },
+    session: c.session.id,
+    callId: c.callId,
+    tool: c.tool.name,
+    target: c.described.description.target,
+    operation: c.decision.operation,
+    input: c.described.description.auditInput,
+    args: c.parsed.input,
+    rule: c.decision.rule,
+    ruleReason: c.decision.reason,
+    approval: rule,
+    ...(typeof purpose === 'string' ? { purpose } : {}),
+    ...(c.req.trace !== undefined ? { trace: c.req.trace } : {}),
+  };
+}
+
+/**
+ * await_approval: the held call, parsed and decided again, must still be the call that was
+ * approved (same input, same policy, same rule); then it waits like the first call did.
+ */
+async function awaitHeld(c: Decided, held: ApprovalRecord, rule: Approval): Promise<UsedApproval> {
+  const digest = ApprovalService.digest(c.tool.name, c.described.description.target, c.parsed.input);
+  if (
+    digest !== held.digest ||
+    held.rule !== c.decision.rule ||
+    held.policyVersion !== c.rt.approvals.policyVersion
+  ) {
+    throw new GovernanceError(
+      'APPROVAL_DECLINED',
+      `approval ${held.id} was given under another policy or rule than the one in force now; ` +
+        'call the tool again to ask for a new approval',
+      { rule: c.decision.rule, approvalId: held.id },
+    );
+  }
+  return holdFor(c, held.id, rule);
+}
+
+/** Waits up to the rule's hold for the approval's decision, then runs the call or says why not. */
+async function holdFor(c: Decided, id: string, rule: Approval): Promise<UsedApproval> {
+  const ruleId = c.decision.rule;
+  const rec = await c.rt.approvals.wait(id, rule.hold, c.req.signal, (waited, r) => {
+    void c.req
+      .progress?.(
+        Math.round(waited / 1000),
+        `waiting for approval ${id} (${approversText(r.approvers)}; ${r.answers.length}/${r.quorum} so far)`,
+      )
+      .catch(() => {});
+  });
+  switch (rec.status) {
+    case 'approved':
+      if (await c.rt.approvals.consume(id, c.callId)) {
+        return { id, approver: approvedBy(rec), answer: 'approve', via: 'approvers', stored: true };
+      }
+      // Another call used it between the read and the consume: answer what that call got.
+      return alreadyUsed(c, id, rule);
+    case 'consumed':
+      return alreadyUsed(c, id, rule);
+    case 'denied': {
+      const no = rec.answers.find((a) => a.answer === 'deny');
+      throw new GovernanceError(
+        'APPROVAL_DECLINED',
+        `approval ${id} was denied by ${no?.by ?? 'an approver'}` +
+          (no?.reason ? `: ${no.reason}` : '') +
+          ` (rule ${ruleId})`,
+        { rule: ruleId, approvalId: id },
+      );
+    }
+    case 'expired':
+      throw new GovernanceError(
+        'APPROVAL_TIMEOUT',
+        `approval ${id} was not answered before ${new Date(rec.expiresAt).toISOString()} ` +
+          `(rule ${ruleId}); no answer means no`,
+        { rule: ruleId, approvalId: id },
+      );
+    case 'pending':
+      throw new GovernanceError(
+        'APPROVAL_PENDING',
+        `approval ${id} is waiting for ${approversText(rec.approvers)}` +
+          (rec.quorum > 1 ? ` (${rec.answers.length} of ${rec.quorum} approvals so far)` : '') +
+          ` under rule ${ruleId}; it stays open until ${new Date(rec.expiresAt).toISOString()}. ` +
+          `The call has not run. Call await_approval with {"id": "${id}"} to wait for the decision ` +
+          'and get the result of this exact call.',
+        { rule: ruleId, approvalId: id },
+      );
+  }
+}
+
+/** A used approval's answer again, once the call that used it has one (waits up to hold). */
+async function alreadyUsed(c: Decided, id: string, rule: Approval): Promise<never> {
+  const deadline = Date.now() + rule.hold;
+  for (;;) {
+    const rec = await c.rt.approvals.get(id);
+    if (rec?.result !== undefined) throw new AlreadyAnswered(rec.result as CallToolResult);
+    if (Date.now() >= deadline || c.req.signal.aborted) {
+      throw new GovernanceError(
+        'APPROVAL_PENDING',
+        `approval ${id} was used by call ${rec?.consumedBy ?? 'another call'}, which has not ` +
+          `answered yet; call await_approval with {"id": "${id}"} again for its result`,
+        { rule: c.decision.rule, approvalId: id },
+      );
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function approversText(a: ApprovalRecord['approvers']): string {
+  if (a === 'client') return 'the person at the client';
+  const parts = [
+    ...(a.groups ?? []).map((g) => `group ${g}`),
+    ...(a.subjects ?? []).map((s) => `subject ${s}`),
+  ];
+  return `an approver (${parts.join(', ')})`;
+}
+
+function approvedBy(rec: ApprovalRecord): string {
+  return rec.answers
+    .filter((a) => a.answer === 'approve')
+    .map((a) => a.by)
+    .join(',');
 }
 
 async function connect(c: Approved): Promise<Connected> {
@@ -403,6 +623,7 @@ function errorResult(c: Reached, err: GovernanceError): CallToolResult {
       ...(err.rule ? { rule: err.rule } : {}),
       reason,
       callId: c.callId,
+      ...(err.approvalId ? { approvalId: err.approvalId } : {}),
     },
   });
 }
@@ -490,7 +711,8 @@ function auditRecord(
     session: c.session.id,
     sub: identity?.sub ?? '(unauthenticated)',
     groups: identity ? [...identity.groups] : [],
-    tool: c.sent.tool,
+    // await_approval is recorded as the held call it stands for (with its approval id).
+    tool: 'tool' in c ? c.tool.name : c.sent.tool,
     target: targetOf(c) ?? null,
     operation: d?.operation ?? null,
     // A call refused before its input parsed is still recorded with what was sent (bounded).
@@ -501,6 +723,9 @@ function auditRecord(
           ? c.parsed.input
           : c.sent.args,
     decision,
+    ...approvalOf(c, failure),
+    ...purposeOf(c),
+    ...(c.req.trace !== undefined ? { trace: c.req.trace } : {}),
     outcome: null,
     masked: null,
   };
@@ -520,6 +745,35 @@ function auditRecord(
   }
   // Canonical JSON (RFC 8785) refuses lone surrogates; a token claim or an input can hold one.
   return wellFormedDeep(rec);
+}
+
+function usedApproval(c: Reached): UsedApproval | undefined {
+  return 'approval' in c ? c.approval : undefined;
+}
+
+/** The approval a call ran under, or the one it was refused or held by. */
+function approvalOf(c: Reached, failure?: GovernanceError): Pick<AuditRecord, 'approval'> {
+  if ('approval' in c && c.approval) {
+    return { approval: { id: c.approval.id, approver: c.approval.approver, answer: 'approve' } };
+  }
+  if (failure?.approvalId) {
+    const answer =
+      failure.code === 'APPROVAL_PENDING'
+        ? 'pending'
+        : failure.code === 'APPROVAL_TIMEOUT'
+          ? 'timeout'
+          : 'deny';
+    return { approval: { id: failure.approvalId, approver: '-', answer } };
+  }
+  if ('held' in c && c.held) return { approval: { id: c.held.id, approver: '-', answer: 'pending' } };
+  return {};
+}
+
+/** The agent's stated purpose (the governed tools' `reason`), once the input parsed. */
+function purposeOf(c: Reached): Pick<AuditRecord, 'reason'> {
+  if (!('parsed' in c)) return {};
+  const reason = (c.parsed.input as { reason?: unknown } | null)?.reason;
+  return typeof reason === 'string' ? { reason } : {};
 }
 
 /**
@@ -548,6 +802,20 @@ export async function ensureRecorder(rt: Runtime, session: Session): Promise<voi
   session.recorder = await session.recorderPending;
 }
 
+function withForm(
+  a: Pick<AuditRecord, 'approval'>,
+  shown: ApprovalEvidence,
+): { approval?: NonNullable<AuditRecord['approval']> & ApprovalEvidence } {
+  return a.approval ? { approval: { ...a.approval, ...shown } } : {};
+}
+
+/** The approval id and code of an error result, for the recording. */
+function failureOf(result: CallToolResult): GovernanceError | undefined {
+  const sc = result.structuredContent as { code?: unknown; approvalId?: unknown } | undefined;
+  if (!result.isError || typeof sc?.approvalId !== 'string') return undefined;
+  return new GovernanceError(sc.code as GovernanceError['code'], '', { approvalId: sc.approvalId });
+}
+
 async function record(c: Reached, result: CallToolResult): Promise<void> {
   try {
     await ensureRecorder(c.rt, c.session);
@@ -557,6 +825,7 @@ async function record(c: Reached, result: CallToolResult): Promise<void> {
       tool: c.sent.tool,
       request: c.sent.args,
       decision: d ? { effect: d.effect, rule: d.rule, reason: d.reason } : null,
+      ...withForm(approvalOf(c, failureOf(result)), c.shownForm),
       result,
       durationMs: Date.now() - c.started,
     });

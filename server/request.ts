@@ -18,6 +18,8 @@ export interface RequestContext {
     params: ElicitRequestFormParams,
     options: { signal: AbortSignal; timeoutMs: number },
   ) => Promise<ElicitResult>;
+  /** The W3C `traceparent` of the request's `_meta`, when one came and is well-formed. */
+  readonly trace?: string;
   /** A progress notification for this request, when the client asked for them (progressToken). */
   readonly progress?: (progress: number, message: string) => Promise<void>;
 }

@@ -1,7 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { httpAudience, loadConfig, type GatehouseConfig } from './config.js';
+import { httpAudience, loadConfig, parseListen, type GatehouseConfig } from './config.js';
+import { createNotifier } from './approvals/notify.js';
+import { ApprovalService, policyVersion } from './approvals/service.js';
+import { openFileStore } from './approvals/store-file.js';
+import { openPostgresStore } from './approvals/store-postgres.js';
+import type { StateStore } from './approvals/types.js';
 import type { DecisionPoint } from './decide.js';
 import { openGateway, SECRET_MIN_LENGTH, targetSecretRefs } from './gateway.js';
 import { createVerifier, type Verifier } from './identity/identity.js';
@@ -28,8 +33,10 @@ export interface Runtime {
   readonly audit: AuditLog;
   readonly tools: ToolRegistry;
   readonly decisions: DecisionPoint;
+  /** Approvals and grants, in the state every process of the deployment shares. */
+  readonly approvals: ApprovalService;
   maskerFor(profiles: readonly string[]): Masker;
-  /** Close the kinds' connections, then the audit log. */
+  /** Close the kinds' connections, the approvals' state, then the audit log. */
   close(): Promise<void>;
 }
 
@@ -79,6 +86,18 @@ export async function createRuntime(
     ...(opts.kinds ? { kinds: opts.kinds } : {}),
   });
 
+  const approvals = new ApprovalService(await openStateStore(config), {
+    policyVersion: policyVersion(
+      policies.rules.map((r) => r.rule),
+      policies.profiles,
+    ),
+    audit: (rec) => audit.append(rec),
+    notifier: createNotifier(config.notifications, {
+      configDir: config.dir,
+      configFile: config.file,
+      serverUrl: serverUrl(config),
+    }),
+  });
   const pseudonymKey = await loadOrCreateKey(
     path.join(path.dirname(config.state.file), 'pseudonym.key'),
   );
@@ -91,6 +110,7 @@ export async function createRuntime(
     audit,
     tools: gateway.tools,
     decisions: gateway.decisions,
+    approvals,
     maskerFor(names) {
       const key = [...names].sort().join('\0');
       let m = maskers.get(key);
@@ -113,9 +133,43 @@ export async function createRuntime(
     },
     async close() {
       await gateway.close();
+      await approvals.close();
       await audit.close();
     },
   };
+}
+
+/**
+ * The state backend the config names: PostgreSQL (`state.postgres`, for replicas on several
+ * machines) or the file (`state.file`, for the processes of one machine).
+ */
+export async function openStateStore(config: GatehouseConfig): Promise<StateStore> {
+  const pg = config.state.postgres;
+  if (!pg) return openFileStore(config.state.file);
+  const password = pg.password
+    ? await startupSecret(config, pg.password, 'state.postgres.password')
+    : undefined;
+  return openPostgresStore({
+    connection: {
+      host: pg.host,
+      port: pg.port,
+      database: pg.database,
+      user: pg.user,
+      ...(password !== undefined ? { password } : {}),
+    },
+    schema: pg.schema,
+  });
+}
+
+/**
+ * The base URL approvers use with `gatehouse approvals --server` (and the webhook's
+ * commands): http.publicUrl, else the HTTP listen address.
+ */
+export function serverUrl(config: GatehouseConfig): string {
+  if (config.http.publicUrl) return config.http.publicUrl.replace(/\/+$/, '');
+  const where = parseListen(config.http.listen);
+  const host = !where || where.host === '' || where.host === '0.0.0.0' ? '127.0.0.1' : where.host;
+  return `http://${host.includes(':') && !host.startsWith('[') ? `[${host}]` : host}:${where?.port ?? 8080}`;
 }
 
 /**

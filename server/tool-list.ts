@@ -21,6 +21,8 @@ export const ErrorContent = z.strictObject({
   rule: z.string().optional(),
   reason: z.string(),
   callId: z.string(),
+  /** APPROVAL_PENDING (and the other APPROVAL_* codes): the approval to await or look up. */
+  approvalId: z.string().optional(),
 });
 
 function outputSchema(schema: z.ZodType): Tool['outputSchema'] {

@@ -1,9 +1,22 @@
-import type { z } from 'zod';
+import { z } from 'zod';
 import type { ToolAnnotations } from '@modelcontextprotocol/sdk/types.js';
 import type { CallPart, Decision, Principal, ResolvedLimits } from '../policies/engine.js';
 import type { ColumnOrigin } from '../policies/masking.js';
 import { GovernanceError } from '../server/kernel/errors.js';
 import { head } from '../server/kernel/text.js';
+
+/**
+ * The optional `reason` every governed tool takes (CONTRACT section 3): the agent's stated
+ * purpose, shown to approvers and written to the audit line. Bounded: it reaches forms,
+ * webhooks and every audit line of the call.
+ */
+export const CallReason = z
+  .string()
+  .min(1)
+  .max(1_000)
+  .describe(
+    'Why you are making this call, in one sentence: shown to a human approver and kept in the audit log',
+  );
 
 /**
  * A governed tool is data plus two functions: `describe` says what a call really does (for

@@ -6,6 +6,7 @@
 export const ERROR_CODES = [
   'UNAUTHENTICATED',
   'DENIED',
+  'APPROVAL_PENDING',
   'APPROVAL_DECLINED',
   'APPROVAL_TIMEOUT',
   'APPROVAL_UNAVAILABLE',
@@ -27,17 +28,20 @@ export class GovernanceError extends Error {
    * as data, never as gateway text (a value could forge a fence-close and instructions).
    */
   readonly detail: string | undefined;
+  /** The approval a held, declined or expired call is about (APPROVAL_*). */
+  readonly approvalId: string | undefined;
 
   constructor(
     code: ErrorCode,
     message: string,
-    options: { cause?: unknown; rule?: string; detail?: string } = {},
+    options: { cause?: unknown; rule?: string; detail?: string; approvalId?: string } = {},
   ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'GovernanceError';
     this.code = code;
     this.rule = options.rule;
     this.detail = options.detail;
+    this.approvalId = options.approvalId;
   }
 
   /** The text the agent sees: the code first, then the public message. */

@@ -3,7 +3,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import {
+  ElicitRequestSchema,
+  type CallToolResult,
+  type ElicitRequest,
+  type ElicitResult,
+  type Progress,
+} from '@modelcontextprotocol/sdk/types.js';
 import { stringify } from 'yaml';
 import { loadDevIssuer, type DevIssuer } from '../../server/identity/dev-issuer.js';
 import { createMcpServer } from '../../server/mcp.js';
@@ -17,13 +23,25 @@ export interface TestGateway {
   rt: Runtime;
   issuer: DevIssuer;
   mint(sub: string, groups: string[], ttlSec?: number): Promise<string>;
-  connect(token: string | (() => string | undefined)): Promise<TestClient>;
+  connect(token: string | (() => string | undefined), opts?: ConnectOptions): Promise<TestClient>;
   close(): Promise<void>;
+}
+
+export interface ConnectOptions {
+  /**
+   * Declare the elicitation capability and answer `elicitation/create` with this (the human
+   * at the client). Absent: the client declares no elicitation, as many clients do.
+   */
+  elicit?: (params: ElicitRequest['params'], extra: { signal: AbortSignal }) => Promise<ElicitResult>;
 }
 
 export interface TestClient {
   client: Client;
-  call(tool: string, args: Record<string, unknown>): Promise<CallToolResult>;
+  call(
+    tool: string,
+    args: Record<string, unknown>,
+    opts?: { signal?: AbortSignal; onprogress?: (p: Progress) => void; meta?: Record<string, unknown> },
+  ): Promise<CallToolResult>;
   close(): Promise<void>;
 }
 
@@ -121,17 +139,34 @@ export async function startGateway(opts: {
     issuer,
     mint: (sub, groups, ttlSec = 600) =>
       issuer.mint({ sub, groups, ttlSec, audience: 'gatehouse' }),
-    async connect(token) {
+    async connect(token, connectOpts = {}) {
       const session = newSession('memory', typeof token === 'string' ? () => token : token);
       const server = createMcpServer(rt, session);
       const [clientSide, serverSide] = InMemoryTransport.createLinkedPair();
-      const client = new Client({ name: 'gatehouse-test', version: '1.0.0' });
+      const client = new Client(
+        { name: 'gatehouse-test', version: '1.0.0' },
+        connectOpts.elicit ? { capabilities: { elicitation: { form: {} } } } : {},
+      );
+      const elicit = connectOpts.elicit;
+      if (elicit) {
+        client.setRequestHandler(ElicitRequestSchema, (req, extra) =>
+          elicit(req.params, { signal: extra.signal }),
+        );
+      }
       await server.connect(serverSide);
       await client.connect(clientSide);
       const tc: TestClient = {
         client,
-        call: async (tool, args) =>
-          (await client.callTool({ name: tool, arguments: args })) as CallToolResult,
+        call: async (tool, args, o = {}) =>
+          (await client.callTool(
+            { name: tool, arguments: args, ...(o.meta ? { _meta: o.meta } : {}) },
+            undefined,
+            {
+              ...(o.signal ? { signal: o.signal } : {}),
+              ...(o.onprogress ? { onprogress: o.onprogress } : {}),
+              timeout: 120_000,
+            },
+          )) as CallToolResult,
         async close() {
           await client.close();
           await server.close();

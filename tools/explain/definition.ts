@@ -20,6 +20,21 @@ export const ExplainOutput = z.object({
   mask: z.array(z.string()),
   /** Set when the tool itself would refuse the call after policy (e.g. several statements). */
   refusal: z.string().optional(),
+  /** effect approve: who would be asked, and how long the request and one call would wait. */
+  approval: z
+    .object({
+      approvers: z.union([
+        z.literal('client'),
+        z.object({ groups: z.array(z.string()).optional(), subjects: z.array(z.string()).optional() }),
+      ]),
+      quorum: z.number(),
+      timeoutMs: z.number(),
+      holdMs: z.number(),
+      grantMs: z.number().optional(),
+      requireReason: z.boolean(),
+      who: z.string(),
+    })
+    .optional(),
 });
 export type ExplainOutput = z.infer<typeof ExplainOutput>;
 
@@ -35,6 +50,33 @@ const explainMeta = {
     openWorldHint: false,
   },
 } as const;
+
+function approvalOf(a: NonNullable<DecidedCall['decision']['approval']>) {
+  const approvers =
+    a.approvers === 'client'
+      ? ('client' as const)
+      : {
+          ...(a.approvers.groups ? { groups: [...a.approvers.groups] } : {}),
+          ...(a.approvers.subjects ? { subjects: [...a.approvers.subjects] } : {}),
+        };
+  const who =
+    a.approvers === 'client'
+      ? 'the person at your MCP client, by an approval form (elicitation)'
+      : `${a.quorum > 1 ? `${a.quorum} distinct people` : 'someone'} other than you among ` +
+        [
+          ...(a.approvers.groups ?? []).map((g) => `group ${g}`),
+          ...(a.approvers.subjects ?? []).map((s) => `subject ${s}`),
+        ].join(', ');
+  return {
+    approvers,
+    quorum: a.quorum,
+    timeoutMs: a.timeout,
+    holdMs: a.hold,
+    ...(a.grant !== undefined ? { grantMs: a.grant } : {}),
+    requireReason: a.requireReason,
+    who,
+  };
+}
 
 /** The explain output of a decided call: what the real call would get, before it runs. */
 export function explainOutput(d: DecidedCall): ExplainOutput {
@@ -55,6 +97,9 @@ export function explainOutput(d: DecidedCall): ExplainOutput {
     mask: d.decision.mask,
     ...(description.refusal
       ? { refusal: `${description.refusal}: refused with INVALID_INPUT` }
+      : {}),
+    ...(d.decision.effect === 'approve' && d.decision.approval
+      ? { approval: approvalOf(d.decision.approval) }
       : {}),
   };
 }

@@ -1,6 +1,6 @@
 import { GovernanceError } from '../../server/kernel/errors.js';
 import { z } from 'zod';
-import type { ToolDefinition } from '../types.js';
+import { CallReason, type ToolDefinition } from '../types.js';
 import { deepFreeze } from '../../server/kernel/freeze.js';
 import { assertWellFormed, classifySql, SQL_TAGS, type SqlClassification } from './classify.js';
 import { refineClassification, type CatalogSource, type TargetCatalog } from './catalog.js';
@@ -25,6 +25,7 @@ export const PostgresQueryInput = z.strictObject({
     .max(100_000)
     .optional()
     .describe('At most this many rows (policy may lower it)'),
+  reason: CallReason.optional(),
 });
 export type PostgresQueryInput = z.infer<typeof PostgresQueryInput>;
 

@@ -1,0 +1,92 @@
+import type { ElicitRequestFormParams } from '@modelcontextprotocol/sdk/types.js';
+import { safe } from '../../recordings/commands.js';
+import { head } from '../kernel/text.js';
+
+/**
+ * What a human is shown before saying yes: the elicitation form of an in-band approval
+ * (`approvers: client`), and the text of `approvals list` and the webhook.
+ *
+ * Most of it is the agent's words (the statement, the purpose), so it is laid out where it
+ * cannot pass for the gateway's own lines: every line of the statement is prefixed with
+ * `  │ `, control, bidi and invisible characters are shown as escapes (a `\n` in the purpose
+ * cannot forge a "Rule: ..." line, a right-to-left override cannot reverse `DROP`), and each
+ * part is bounded.
+ */
+
+export interface ApprovalSummary {
+  readonly id: string;
+  readonly requester: { readonly sub: string; readonly groups: readonly string[] };
+  readonly tool: string;
+  readonly target: string | null;
+  readonly operation: string;
+  readonly input: unknown;
+  readonly rule: string;
+  readonly ruleReason: string;
+  readonly purpose?: string;
+  readonly expiresAt: number;
+  readonly quorum?: number;
+}
+
+const STATEMENT_MAX = 4_000;
+
+/** The call as a block of quoted lines. SQL shows as written, anything else as JSON. */
+export function statementLines(input: unknown): string[] {
+  const i = (input ?? {}) as Record<string, unknown>;
+  const lines: string[] = [];
+  if (typeof i.sql === 'string') {
+    lines.push(...head(i.sql, STATEMENT_MAX).split(/\r\n|\r|\n/));
+    if (Array.isArray(i.params) && i.params.length > 0) {
+      lines.push(`params: ${head(JSON.stringify(i.params), 1_000)}`);
+    }
+  } else {
+    lines.push(...head(JSON.stringify(input, null, 2) ?? 'null', STATEMENT_MAX).split('\n'));
+  }
+  return lines.map((l) => `  │ ${safe(l)}`);
+}
+
+export function describeApproval(a: ApprovalSummary): string {
+  const who = `${safe(a.requester.sub)}${a.requester.groups.length ? ` (groups: ${a.requester.groups.map(safe).join(', ')})` : ''}`;
+  return [
+    `${who} asks to run ${safe(a.tool)} on ${safe(a.target ?? '-')} (${safe(a.operation)}):`,
+    ...statementLines(a.input),
+    `Rule: ${safe(a.rule)} — ${safe(head(a.ruleReason, 500))}`,
+    a.purpose !== undefined
+      ? `Purpose, in the agent's words: "${safe(head(a.purpose, 1_000))}"`
+      : 'Purpose: none given',
+    `Approval ${a.id}; open until ${new Date(a.expiresAt).toISOString()}` +
+      (a.quorum && a.quorum > 1 ? `; needs ${a.quorum} approvers` : ''),
+  ].join('\n');
+}
+
+/** The form an in-band approval sends: only `approve` runs the call. */
+export function approvalForm(a: ApprovalSummary): ElicitRequestFormParams {
+  return {
+    mode: 'form',
+    message: [
+      'Gatehouse: approve this call?',
+      '',
+      describeApproval(a),
+      '',
+      'Approve runs exactly this call, once. Anything else (deny, cancel, no answer) does not run it.',
+    ].join('\n'),
+    requestedSchema: {
+      type: 'object',
+      properties: {
+        decision: {
+          type: 'string',
+          title: 'Decision',
+          description: 'approve runs this exact call once; deny refuses it',
+          enum: ['approve', 'deny'],
+          enumNames: ['Approve: run this exact call once', 'Deny'],
+        },
+        reason: {
+          type: 'string',
+          title: 'Reason (optional)',
+          description: 'Kept in the audit log with your answer',
+          maxLength: 500,
+        },
+      },
+      required: ['decision'],
+    },
+  };
+}
