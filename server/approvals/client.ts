@@ -101,7 +101,8 @@ export async function askClient(
   }
   const decision = answer.content?.decision;
   const reasonGiven = answer.content?.reason;
-  const reason = typeof reasonGiven === 'string' && reasonGiven !== '' ? head(reasonGiven, 500) : undefined;
+  const reason =
+    typeof reasonGiven === 'string' && reasonGiven !== '' ? head(reasonGiven, 500) : undefined;
   const yes = answer.action === 'accept' && decision === 'approve';
   evidence.response =
     answer.action === 'accept' ? `accept: ${head(String(decision), 40)}` : answer.action;
@@ -116,7 +117,7 @@ export async function askClient(
   if (!yes) {
     const what =
       answer.action === 'accept'
-        ? `answered ${JSON.stringify(typeof decision === 'string' ? head(decision, 40) : decision ?? null)}`
+        ? `answered ${JSON.stringify(typeof decision === 'string' ? head(decision, 40) : (decision ?? null))}`
         : answer.action === 'decline'
           ? 'declined'
           : 'cancelled the form';

@@ -321,7 +321,11 @@ export class ApprovalService {
     if (!record) throw new ApprovalRefused(404, `no approval ${id}`);
     if (!changed) throw new ApprovalRefused(409, conflict ?? `approval ${id} was not changed`);
     const event: ApprovalEventName =
-      record.status === 'approved' ? 'approved' : record.status === 'denied' ? 'denied' : 'answered';
+      record.status === 'approved'
+        ? 'approved'
+        : record.status === 'denied'
+          ? 'denied'
+          : 'answered';
     await this.opts.audit(
       recordAudit(record, {
         id,

@@ -39,7 +39,10 @@ const STALE_LOCK_MS = 10_000;
 /** How long a change waits for the lock before it fails. */
 const LOCK_WAIT_MS = 5_000;
 
-export async function openFileStore(file: string, opts: { pollMs?: number } = {}): Promise<StateStore> {
+export async function openFileStore(
+  file: string,
+  opts: { pollMs?: number } = {},
+): Promise<StateStore> {
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   const store = new FileStore(file, opts.pollMs ?? 250);
   await store.load();
@@ -59,7 +62,11 @@ class DurableJsonFile implements Adapter<StateData> {
       throw err;
     }
     const data = JSON.parse(text) as Partial<StateData>;
-    if (data.version !== 1 || typeof data.approvals !== 'object' || typeof data.grants !== 'object') {
+    if (
+      data.version !== 1 ||
+      typeof data.approvals !== 'object' ||
+      typeof data.grants !== 'object'
+    ) {
       throw new Error(`${this.file} is not a Gatehouse state file (version 1)`);
     }
     return data as StateData;

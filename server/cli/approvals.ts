@@ -36,7 +36,11 @@ interface Target {
   token: string;
 }
 
-async function target(values: { server?: string; token?: string; config: string }): Promise<Target> {
+async function target(values: {
+  server?: string;
+  token?: string;
+  config: string;
+}): Promise<Target> {
   const token = values.token ?? process.env.GATEHOUSE_TOKEN;
   if (!token) throw new UsageError('no token: pass --token T or set GATEHOUSE_TOKEN');
   let base = values.server ?? process.env.GATEHOUSE_SERVER;
@@ -122,7 +126,8 @@ interface ApprovalView {
 
 function approvalText(a: ApprovalView): string {
   const answers = a.answers.map(
-    (x) => `  ${safe(x.answer)} by ${safe(x.by)} at ${safe(x.at)}${x.reason ? `: ${safe(x.reason)}` : ''}`,
+    (x) =>
+      `  ${safe(x.answer)} by ${safe(x.by)} at ${safe(x.at)}${x.reason ? `: ${safe(x.reason)}` : ''}`,
   );
   return [
     `${safe(a.id)}  ${safe(a.status)}${a.mayAnswer ? '  (you may answer)' : ''}`,

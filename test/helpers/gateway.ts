@@ -32,7 +32,10 @@ export interface ConnectOptions {
    * Declare the elicitation capability and answer `elicitation/create` with this (the human
    * at the client). Absent: the client declares no elicitation, as many clients do.
    */
-  elicit?: (params: ElicitRequest['params'], extra: { signal: AbortSignal }) => Promise<ElicitResult>;
+  elicit?: (
+    params: ElicitRequest['params'],
+    extra: { signal: AbortSignal },
+  ) => Promise<ElicitResult>;
 }
 
 export interface TestClient {
@@ -40,7 +43,11 @@ export interface TestClient {
   call(
     tool: string,
     args: Record<string, unknown>,
-    opts?: { signal?: AbortSignal; onprogress?: (p: Progress) => void; meta?: Record<string, unknown> },
+    opts?: {
+      signal?: AbortSignal;
+      onprogress?: (p: Progress) => void;
+      meta?: Record<string, unknown>;
+    },
   ): Promise<CallToolResult>;
   close(): Promise<void>;
 }

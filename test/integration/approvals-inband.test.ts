@@ -26,13 +26,23 @@ const policy = {
     {
       id: 'sre-confirm-writes',
       description: 'SREs confirm their own writes at their client',
-      match: { groups: ['sre'], tools: ['postgres_query'], targets: ['app-db-rw'], operations: ['write'] },
+      match: {
+        groups: ['sre'],
+        tools: ['postgres_query'],
+        targets: ['app-db-rw'],
+        operations: ['write'],
+      },
       effect: 'approve',
       approval: { approvers: 'client', timeout: '2s' },
     },
     {
       id: 'ops-writes-with-reason',
-      match: { groups: ['ops'], tools: ['postgres_query'], targets: ['app-db-rw'], operations: ['write'] },
+      match: {
+        groups: ['ops'],
+        tools: ['postgres_query'],
+        targets: ['app-db-rw'],
+        operations: ['write'],
+      },
       effect: 'approve',
       approval: { approvers: 'client', timeout: '10s', requireReason: true, grant: '1h' },
     },
@@ -78,9 +88,15 @@ describe.skipIf(!pgInfo.available)('in-band approval by elicitation (approvers: 
 
   it('accept + approve runs the exact call, and the form showed what would run', async () => {
     const id = nextId++;
-    const human = answering({ action: 'accept', content: { decision: 'approve', reason: 'ok by me' } });
+    const human = answering({
+      action: 'accept',
+      content: { decision: 'approve', reason: 'ok by me' },
+    });
     const c = await gw.connect(token, { elicit: human.elicit });
-    const r = await c.call('postgres_query', { ...insert(id), reason: 'fill the canary for the drill' });
+    const r = await c.call('postgres_query', {
+      ...insert(id),
+      reason: 'fill the canary for the drill',
+    });
     expect(textOf(r)).not.toMatch(/^[A-Z_]+:/);
     expect(r.isError).toBeFalsy();
     expect(await exists(id)).toBe(true);
@@ -98,12 +114,9 @@ describe.skipIf(!pgInfo.available)('in-band approval by elicitation (approvers: 
     // Evidence: requested and approved lines, then the outcome naming the approval.
     const lines = await auditLines(gw);
     const mine = lines.filter((l) => (l.input as { sql?: string })?.sql?.includes(`(${id},`));
-    expect(mine.map((l) => `${l.kind}:${(l.approval as { event?: string })?.event ?? ''}`)).toEqual([
-      'decision:',
-      'approval:requested',
-      'approval:approved',
-      'outcome:',
-    ]);
+    expect(mine.map((l) => `${l.kind}:${(l.approval as { event?: string })?.event ?? ''}`)).toEqual(
+      ['decision:', 'approval:requested', 'approval:approved', 'outcome:'],
+    );
     const outcome = mine[3]!;
     expect(outcome.approval).toMatchObject({ approver: 'sam', answer: 'approve' });
     expect(outcome.reason).toBe('fill the canary for the drill');
@@ -117,7 +130,11 @@ describe.skipIf(!pgInfo.available)('in-band approval by elicitation (approvers: 
 
   const refusals: Array<[string, ElicitResult, RegExp]> = [
     ['decline', { action: 'decline' }, /^APPROVAL_DECLINED: the person at the client declined/],
-    ['cancel', { action: 'cancel' }, /^APPROVAL_DECLINED: the person at the client cancelled the form/],
+    [
+      'cancel',
+      { action: 'cancel' },
+      /^APPROVAL_DECLINED: the person at the client cancelled the form/,
+    ],
     [
       'accept + deny',
       { action: 'accept', content: { decision: 'deny', reason: 'not today' } },
@@ -150,7 +167,9 @@ describe.skipIf(!pgInfo.available)('in-band approval by elicitation (approvers: 
     const id = nextId++;
     const c = await gw.connect(token);
     const r = await c.call('postgres_query', insert(id));
-    expect(textOf(r)).toMatch(/^APPROVAL_UNAVAILABLE: rule sre-confirm-writes needs the person at this MCP client/);
+    expect(textOf(r)).toMatch(
+      /^APPROVAL_UNAVAILABLE: rule sre-confirm-writes needs the person at this MCP client/,
+    );
     expect(await exists(id)).toBe(false);
     await c.close();
   });

@@ -25,7 +25,10 @@ export const ExplainOutput = z.object({
     .object({
       approvers: z.union([
         z.literal('client'),
-        z.object({ groups: z.array(z.string()).optional(), subjects: z.array(z.string()).optional() }),
+        z.object({
+          groups: z.array(z.string()).optional(),
+          subjects: z.array(z.string()).optional(),
+        }),
       ]),
       quorum: z.number(),
       timeoutMs: z.number(),
