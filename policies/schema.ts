@@ -52,11 +52,7 @@ export const Approval = z
   .strictObject({
     approvers: z.union([
       z.literal('client'),
-      z
-        .strictObject({ groups: Strings.optional(), subjects: Strings.optional() })
-        .refine((a) => (a.groups?.length ?? 0) + (a.subjects?.length ?? 0) > 0, {
-          message: 'approvers needs at least one group or subject (or approvers: client)',
-        }),
+      z.strictObject({ groups: Strings.optional(), subjects: Strings.optional() }),
     ]),
     timeout: Duration.default(300_000),
     hold: Duration.default(45_000),

@@ -1,3 +1,4 @@
+import { AWAIT_APPROVAL } from '../tools/await_approval/definition.js';
 import { z } from 'zod';
 import { compileGlobs } from '../policies/glob.js';
 import type { PolicySet } from '../policies/load.js';
@@ -61,7 +62,10 @@ export function knownTools(
   laterTools: ReadonlySet<string>,
 ): ReadonlyMap<string, ToolNames> {
   const known = new Map<string, ToolNames>();
-  for (const t of tools.values()) known.set(t.name, { operations: t.operations, tags: t.tags });
+  for (const t of tools.values()) {
+    // await_approval is decided as the held call it stands for: a rule naming it matches nothing.
+    if (t.name !== AWAIT_APPROVAL) known.set(t.name, { operations: t.operations, tags: t.tags });
+  }
   for (const name of laterTools) {
     if (!known.has(name)) known.set(name, LATER_TOOLS[name] ?? OPEN_LATER);
   }
@@ -83,6 +87,20 @@ export function lintPolicies(
       where: `${source.locate(['rules', index, 'match', key, j])}: rules.${index}.match.${key}.${j}`,
     });
     const m = rule.match;
+
+    // Approvers by name must name someone: an empty list could never be answered.
+    const approvers = rule.approval?.approvers;
+    if (
+      approvers !== undefined &&
+      approvers !== 'client' &&
+      (approvers.groups?.length ?? 0) + (approvers.subjects?.length ?? 0) === 0
+    ) {
+      findings.push({
+        level: 'error',
+        where: `${source.locate(['rules', index, 'approval', 'approvers'])}: rules.${index}.approval.approvers`,
+        message: 'approvers needs at least one group or subject (or approvers: client)',
+      });
+    }
 
     // Tools: each name or glob must match a tool.
     const named = new Set<string>();

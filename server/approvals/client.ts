@@ -115,17 +115,19 @@ export async function askClient(
     ...(reason !== undefined ? { reason } : {}),
   });
   if (!yes) {
+    // What the client sent, not what a person did: several clients answer decline or
+    // cancel on their own without showing the form (README: client support).
     const what =
       answer.action === 'accept'
-        ? `answered ${JSON.stringify(typeof decision === 'string' ? head(decision, 40) : (decision ?? null))}`
+        ? `was answered ${JSON.stringify(typeof decision === 'string' ? head(decision, 40) : (decision ?? null))}`
         : answer.action === 'decline'
-          ? 'declined'
-          : 'cancelled the form';
+          ? 'was declined by the client'
+          : 'was cancelled by the client';
     throw new GovernanceError(
       'APPROVAL_DECLINED',
-      `the person at the client ${what} (approval ${id}, rule ${ruleId})` +
+      `approval form ${id} ${what} (rule ${ruleId})` +
         (reason !== undefined ? `: ${reason}` : '') +
-        '; the call was not run',
+        '; not approved, the call was not run',
       { rule: ruleId, approvalId: id },
     );
   }

@@ -477,6 +477,8 @@ export class ApprovalService {
         event: 'grant-revoked',
         grant: id,
       },
+      outcome: null,
+      masked: null,
     });
     return record;
   }
@@ -553,6 +555,8 @@ function callAudit(call: CallToApprove, approval: AuditApproval): AuditRecord {
     approval,
     ...(call.purpose !== undefined ? { reason: call.purpose } : {}),
     ...(call.trace !== undefined ? { trace: call.trace } : {}),
+    outcome: null,
+    masked: null,
   };
 }
 
@@ -571,5 +575,7 @@ function recordAudit(rec: ApprovalRecord, approval: AuditApproval): AuditRecord 
     approval,
     ...(rec.purpose !== undefined ? { reason: rec.purpose } : {}),
     ...(rec.trace !== undefined ? { trace: rec.trace } : {}),
+    outcome: null,
+    masked: null,
   };
 }

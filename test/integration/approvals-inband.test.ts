@@ -129,16 +129,16 @@ describe.skipIf(!pgInfo.available)('in-band approval by elicitation (approvers: 
   });
 
   const refusals: Array<[string, ElicitResult, RegExp]> = [
-    ['decline', { action: 'decline' }, /^APPROVAL_DECLINED: the person at the client declined/],
+    ['decline', { action: 'decline' }, /^APPROVAL_DECLINED: approval form apr_\S+ was declined by the client \(rule sre-confirm-writes\); not approved/],
     [
       'cancel',
       { action: 'cancel' },
-      /^APPROVAL_DECLINED: the person at the client cancelled the form/,
+      /^APPROVAL_DECLINED: approval form apr_\S+ was cancelled by the client/,
     ],
     [
       'accept + deny',
       { action: 'accept', content: { decision: 'deny', reason: 'not today' } },
-      /^APPROVAL_DECLINED: the person at the client answered "deny" .*: not today/,
+      /^APPROVAL_DECLINED: approval form apr_\S+ was answered "deny" \(rule sre-confirm-writes\): not today/,
     ],
     [
       'accept without a decision that fits the form',

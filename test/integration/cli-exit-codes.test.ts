@@ -289,10 +289,14 @@ describe('CONTRACT 1: gatehouse exit codes, command by command', { timeout: 90_0
     expect(r.status).toBe(0);
   });
 
-  it('approvals (not in this release): 2', async () => {
-    const r = await gatehouse(['approvals', 'list']);
-    expect(r.stderr).toMatch(/not implemented in this version/);
-    expect(r.status).toBe(2);
+  it('approvals without a token, or with no server to talk to: 2', async () => {
+    const url = `http://127.0.0.1:${await closedPort()}`;
+    const noToken = await gatehouse(['approvals', 'list', '--server', url]);
+    expect(noToken.stderr).toMatch(/no token: pass --token T or set GATEHOUSE_TOKEN/);
+    expect(noToken.status).toBe(2);
+    const down = await gatehouse(['approvals', 'list', '--server', url, '--token', 'x']);
+    expect(down.stderr).toBe(`gatehouse approvals: cannot reach ${url} (ECONNREFUSED)\n`);
+    expect(down.status).toBe(2);
   });
 
   it('usage errors are one line and exit 2: unknown command, unknown option, missing option', async () => {

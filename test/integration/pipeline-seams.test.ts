@@ -117,7 +117,7 @@ const policy = {
       id: 'analysts-write-approve',
       match: { groups: ['analysts'], tools: ['postgres_query'], operations: ['write'] },
       effect: 'approve',
-      approval: { approvers: { groups: ['dba'] } },
+      approval: { approvers: { groups: ['dba'] }, hold: '100ms' },
     },
     {
       id: 'writers-write',
@@ -136,7 +136,7 @@ const policy = {
       id: 'echo-shout-approve',
       match: { tools: ['echo_text'], operations: ['shout'] },
       effect: 'approve',
-      approval: { approvers: { groups: ['dba'] } },
+      approval: { approvers: { groups: ['dba'] }, hold: '100ms' },
     },
   ],
   masking: {
@@ -180,6 +180,7 @@ describe.skipIf(!pgInfo.available)('the pipeline seams', () => {
       expect(tools.map((t) => t.name)).toEqual([
         'list_targets',
         'explain',
+        'await_approval',
         'postgres_query',
         'echo_text',
       ]);
@@ -231,7 +232,9 @@ describe.skipIf(!pgInfo.available)('the pipeline seams', () => {
 
     it('runs its calls through the same policy: approve, deny, unknown target', async () => {
       const loud = await analyst.call('echo_text', { target: 'echo-1', text: 'HEY' });
-      expect(textOf(loud)).toMatch(/^APPROVAL_UNAVAILABLE: rule echo-shout-approve /);
+      expect(textOf(loud)).toMatch(
+        /^APPROVAL_PENDING: approval apr_\S+ is waiting for an approver \(group dba\) under rule echo-shout-approve/,
+      );
       const other = await analyst.call('echo_text', { target: 'echo-2', text: 'hi' });
       expect(textOf(other)).toBe('INVALID_INPUT: unknown target "echo-2"');
       const sql = await analyst.call('postgres_query', { target: 'echo-1', sql: 'SELECT 1' });
@@ -250,8 +253,12 @@ describe.skipIf(!pgInfo.available)('the pipeline seams', () => {
       const before = (await audit()).length;
       const real = await client.call(tool, input);
       const lines = (await audit()).slice(before);
-      // One decision line and one outcome line per call, whatever stage it stopped at.
-      expect(lines.map((l) => l.kind)).toEqual(['decision', 'outcome']);
+      // One decision line and one outcome line per call, whatever stage it stopped at (and,
+      // for a call held for approval, the approval's own line between them).
+      const kinds = lines.map((l) => l.kind);
+      expect(kinds).toEqual(
+        kinds.length === 3 ? ['decision', 'approval', 'outcome'] : ['decision', 'outcome'],
+      );
       const decision = lines[0]!;
       if (explained.isError) {
         // explain refused the question: the call is refused with the same code, before policy.
@@ -276,8 +283,10 @@ describe.skipIf(!pgInfo.available)('the pipeline seams', () => {
       const code = (real.structuredContent as { code?: string }).code;
       if (e.effect === 'deny') expect(code).toBe('DENIED');
       else if (e.refusal) expect(code).toBe('INVALID_INPUT');
-      else if (e.effect === 'approve') expect(code).toBe('APPROVAL_UNAVAILABLE');
-      else expect(['DENIED', 'APPROVAL_UNAVAILABLE']).not.toContain(code);
+      // Held (approvers by group) or refused (approvers: client, and this client shows no forms).
+      else if (e.effect === 'approve')
+        expect(['APPROVAL_PENDING', 'APPROVAL_UNAVAILABLE']).toContain(code);
+      else expect(code ?? 'none').not.toMatch(/^(DENIED|APPROVAL_)/);
     }
 
     it('on every SQL corpus case, for an analyst and an outsider', async () => {

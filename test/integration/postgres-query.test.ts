@@ -75,7 +75,7 @@ const policy = {
       id: 'writes-need-approval',
       match: { groups: ['analysts'], tools: ['postgres_query'], operations: ['write'] },
       effect: 'approve',
-      approval: { approvers: { groups: ['dba'] } },
+      approval: { approvers: { groups: ['dba'] }, hold: '1s' },
     },
   ],
   masking: {
@@ -116,7 +116,7 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
   it('lists governed tools with schemas and annotations', async () => {
     const { tools } = await analyst.client.listTools();
     const names = tools.map((t) => t.name).sort();
-    expect(names).toEqual(['explain', 'list_targets', 'postgres_query']);
+    expect(names).toEqual(['await_approval', 'explain', 'list_targets', 'postgres_query']);
     for (const t of tools) {
       expect(t.outputSchema, t.name).toBeDefined();
       expect(t.annotations, t.name).toBeDefined();
@@ -284,13 +284,15 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
     expect(await snapshotState(su)).toEqual(before);
   });
 
-  it('refuses approve rules with APPROVAL_UNAVAILABLE until approvals exist', async () => {
+  it('holds a call whose rule asks for approval: APPROVAL_PENDING, nothing runs', async () => {
     const before = await snapshotState(su);
     const r = await analyst.call('postgres_query', {
       target: 'app-db',
       sql: "INSERT INTO canary VALUES (7, 'x')",
     });
-    expect(textOf(r)).toMatch(/^APPROVAL_UNAVAILABLE: .*writes-need-approval/);
+    expect(textOf(r)).toMatch(
+      /^APPROVAL_PENDING: approval apr_\S+ is waiting for an approver \(group dba\) under rule writes-need-approval/,
+    );
     expect(await snapshotState(su)).toEqual(before);
   });
 
