@@ -301,9 +301,7 @@ export class HttpGateway {
     authed.auth = caller.auth;
     if (approvalsApi) {
       const who = { sub: caller.identity.sub, groups: caller.identity.groups };
-      return serveApprovals(req, res, path, who, this.rt.approvals, () =>
-        this.readBody(req, res),
-      );
+      return serveApprovals(req, res, path, who, this.rt.approvals, () => this.readBody(req, res));
     }
     if (path === MCP_PATH) return this.streamable(authed, res, caller);
     if (path === SSE_PATH) {

@@ -212,9 +212,14 @@ export async function handleToolCall(
   const used = usedApproval(reached);
   if (used?.stored) {
     // The approval is consumed: whatever this call answered is its one answer.
-    await rt.approvals.saveResult(used.id, result).catch((err: unknown) =>
-      log.error({ callId: received.callId, err: describeCause(err) }, 'approval result not saved'),
-    );
+    await rt.approvals
+      .saveResult(used.id, result)
+      .catch((err: unknown) =>
+        log.error(
+          { callId: received.callId, err: describeCause(err) },
+          'approval result not saved',
+        ),
+      );
   }
   await record(reached, result);
   return result;
@@ -377,7 +382,11 @@ function callToApprove(c: Decided, rule: Approval): CallToApprove {
  * approved (same input, same policy, same rule); then it waits like the first call did.
  */
 async function awaitHeld(c: Decided, held: ApprovalRecord, rule: Approval): Promise<UsedApproval> {
-  const digest = ApprovalService.digest(c.tool.name, c.described.description.target, c.parsed.input);
+  const digest = ApprovalService.digest(
+    c.tool.name,
+    c.described.description.target,
+    c.parsed.input,
+  );
   if (
     digest !== held.digest ||
     held.rule !== c.decision.rule ||
@@ -765,7 +774,8 @@ function approvalOf(c: Reached, failure?: GovernanceError): Pick<AuditRecord, 'a
           : 'deny';
     return { approval: { id: failure.approvalId, approver: '-', answer } };
   }
-  if ('held' in c && c.held) return { approval: { id: c.held.id, approver: '-', answer: 'pending' } };
+  if ('held' in c && c.held)
+    return { approval: { id: c.held.id, approver: '-', answer: 'pending' } };
   return {};
 }
 

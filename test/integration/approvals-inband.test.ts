@@ -114,9 +114,9 @@ describe.skipIf(!pgInfo.available)('in-band approval by elicitation (approvers: 
     // Evidence: requested and approved lines, then the outcome naming the approval.
     const lines = await auditLines(gw);
     const mine = lines.filter((l) => (l.input as { sql?: string })?.sql?.includes(`(${id},`));
-    expect(mine.map((l) => `${l.kind}:${(l.approval as { event?: string })?.event ?? ''}`)).toEqual(
-      ['decision:', 'approval:requested', 'approval:approved', 'outcome:'],
-    );
+    expect(
+      mine.map((l) => `${String(l.kind)}:${(l.approval as { event?: string })?.event ?? ''}`),
+    ).toEqual(['decision:', 'approval:requested', 'approval:approved', 'outcome:']);
     const outcome = mine[3]!;
     expect(outcome.approval).toMatchObject({ approver: 'sam', answer: 'approve' });
     expect(outcome.reason).toBe('fill the canary for the drill');
@@ -129,7 +129,11 @@ describe.skipIf(!pgInfo.available)('in-band approval by elicitation (approvers: 
   });
 
   const refusals: Array<[string, ElicitResult, RegExp]> = [
-    ['decline', { action: 'decline' }, /^APPROVAL_DECLINED: approval form apr_\S+ was declined by the client \(rule sre-confirm-writes\); not approved/],
+    [
+      'decline',
+      { action: 'decline' },
+      /^APPROVAL_DECLINED: approval form apr_\S+ was declined by the client \(rule sre-confirm-writes\); not approved/,
+    ],
     [
       'cancel',
       { action: 'cancel' },
@@ -156,7 +160,7 @@ describe.skipIf(!pgInfo.available)('in-band approval by elicitation (approvers: 
       expect(r.structuredContent).toMatchObject({
         code: 'APPROVAL_DECLINED',
         rule: 'sre-confirm-writes',
-        approvalId: expect.stringMatching(/^apr_/),
+        approvalId: expect.stringMatching(/^apr_/) as unknown,
       });
       expect(await exists(id)).toBe(false);
       await c.close();
