@@ -1,3 +1,4 @@
+import { formatDuration } from './kernel/units.js';
 import { AWAIT_APPROVAL } from '../tools/await_approval/definition.js';
 import { z } from 'zod';
 import { compileGlobs } from '../policies/glob.js';
@@ -72,6 +73,9 @@ export function knownTools(
   return known;
 }
 
+/** How long an MCP client is known to wait for one tool call (with a margin). */
+const CLIENT_PATIENCE_MS = 55_000;
+
 /** Check every rule and test of the loaded policies against the tools and the config. */
 export function lintPolicies(
   policies: PolicySet,
@@ -87,6 +91,27 @@ export function lintPolicies(
       where: `${source.locate(['rules', index, 'match', key, j])}: rules.${index}.match.${key}.${j}`,
     });
     const m = rule.match;
+
+    // A tool call that waits longer than its client does is answered to nobody: clients drop
+    // a call after about a minute (Claude Desktop; the SDK's default request timeout).
+    const approval = rule.approval;
+    if (approval) {
+      const waits =
+        approval.approvers === 'client'
+          ? { ms: approval.timeout, key: 'timeout' }
+          : { ms: Math.min(approval.hold, approval.timeout), key: 'hold' };
+      if (waits.ms > CLIENT_PATIENCE_MS) {
+        findings.push({
+          level: 'warning',
+          where: `${source.locate(['rules', index, 'approval', waits.key])}: rules.${index}.approval.${waits.key}`,
+          message:
+            `one tool call waits up to ${formatDuration(waits.ms)} for the approval, and most MCP clients drop a call after about 60 s` +
+            (approval.approvers === 'client'
+              ? ' (with approvers: client the form is open for the whole timeout)'
+              : '; keep hold under 55s, the agent continues with await_approval'),
+        });
+      }
+    }
 
     // Approvers by name must name someone: an empty list could never be answered.
     const approvers = rule.approval?.approvers;

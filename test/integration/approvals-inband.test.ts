@@ -86,6 +86,23 @@ describe.skipIf(!pgInfo.available)('in-band approval by elicitation (approvers: 
     };
   };
 
+  it('explain says who would be asked', async () => {
+    const c = await gw.connect(token);
+    const r = await c.call('explain', { tool: 'postgres_query', input: insert(nextId) });
+    expect(r.structuredContent).toMatchObject({
+      effect: 'approve',
+      rule: 'sre-confirm-writes',
+      approval: {
+        approvers: 'client',
+        quorum: 1,
+        timeoutMs: 2_000,
+        requireReason: false,
+        who: 'the person at your MCP client, by an approval form (elicitation)',
+      },
+    });
+    await c.close();
+  });
+
   it('accept + approve runs the exact call, and the form showed what would run', async () => {
     const id = nextId++;
     const human = answering({

@@ -168,6 +168,25 @@ describe('ApprovalService on the file store', () => {
     expect(audit.at(-1)?.approval).toMatchObject({ event: 'grant-revoked', approver: 'dan' });
   });
 
+  it('a restart keeps a pending approval pending (never approved) and a grant open until it expires', async () => {
+    const { record } = await svc.request(call());
+    await svc.close();
+    svc = new ApprovalService(await openFileStore(path.join(dir, 'state.json')), {
+      policyVersion: 'v1',
+      audit: async (r) => void audit.push(r),
+    });
+    expect((await svc.get(record.id))?.status).toBe('pending');
+    expect(await svc.consume(record.id, 'c1')).toBe(false);
+    await svc.answer(record.id, dba('dora'), 'approve', undefined, 'api');
+    await svc.close();
+    svc = new ApprovalService(await openFileStore(path.join(dir, 'state.json')), {
+      policyVersion: 'v1',
+      audit: async (r) => void audit.push(r),
+    });
+    expect(await svc.findGrant(call())).toBeDefined();
+    expect(await svc.consume(record.id, 'c1')).toBe(true);
+  });
+
   it('policy version is part of the binding: after a policy change the same call does not join', async () => {
     const { record } = await svc.request(call());
     const store = await openFileStore(path.join(dir, 'state.json'));

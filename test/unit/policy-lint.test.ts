@@ -292,6 +292,37 @@ describe('targets: a warning, not an error', () => {
   });
 });
 
+describe('approval blocks', () => {
+  const rule = (approval: string) =>
+    `rules:\n  - id: r\n    match: { tools: [postgres_query] }\n    effect: approve\n    approval: ${approval}\n`;
+
+  it('approvers that name nobody are an error', async () => {
+    const { file, lines } = await lint(rule('{ approvers: {} }'));
+    expect(lines).toEqual([
+      `${file}:5:28: rules.0.approval.approvers: approvers needs at least one group or subject (or approvers: client)`,
+    ]);
+  });
+
+  it('a wait longer than clients wait for a tool call is a warning: hold, or the in-band timeout', async () => {
+    const held = await lint(rule('{ approvers: { groups: [dba] }, hold: 90s }'));
+    expect(held.lines).toEqual([
+      expect.stringMatching(
+        /^warning: .*:5:53: rules\.0\.approval\.hold: one tool call waits up to 90s .* keep hold under 55s/,
+      ),
+    ]);
+    const inBand = await lint(rule('{ approvers: client, timeout: 5m }'));
+    expect(inBand.lines).toEqual([
+      expect.stringMatching(
+        /rules\.0\.approval\.timeout: one tool call waits up to 5m .*whole timeout/,
+      ),
+    ]);
+    // A long timeout with a short hold is what out-of-band approvals are for.
+    expect(
+      (await lint(rule('{ approvers: { groups: [dba] }, timeout: 2h, hold: 30s }'))).lines,
+    ).toEqual([]);
+  });
+});
+
 describe('tests: the rule a test expects', () => {
   it('must be a rule of the loaded policies, default-deny or builtin', async () => {
     const { file, lines } = await lint(
