@@ -63,6 +63,9 @@ const StateSchema = z.strictObject({
       database: z.string().min(1),
       user: z.string().min(1),
       password: SecretRef.optional(),
+      /** As a postgres target: `require` encrypts, `verify-full` also checks the server's name. */
+      ssl: z.enum(['disable', 'require', 'verify-full']).default('disable'),
+      sslCa: z.strictObject({ file: z.string().min(1) }).optional(),
       /** The schema holding Gatehouse's tables, created on first start. */
       schema: z
         .string()

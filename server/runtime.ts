@@ -12,6 +12,7 @@ import { openGateway, SECRET_MIN_LENGTH, targetSecretRefs } from './gateway.js';
 import { createVerifier, type Verifier } from './identity/identity.js';
 import { ConfigError, GovernanceError } from './kernel/errors.js';
 import { log } from './kernel/log.js';
+import { resolvePath } from './kernel/paths.js';
 import { describeSecretRef, resolveSecret, type SecretRef } from './kernel/secrets.js';
 import { formatFinding, lintGateway, refuseErrors, type Finding } from './policy-lint.js';
 import { loadPolicies, type PolicySet } from '../policies/load.js';
@@ -156,6 +157,10 @@ export async function openStateStore(config: GatehouseConfig): Promise<StateStor
       database: pg.database,
       user: pg.user,
       ...(password !== undefined ? { password } : {}),
+      ssl: pg.ssl,
+      ...(pg.sslCa
+        ? { sslCa: await readFile(resolvePath(config.dir, pg.sslCa.file), 'utf8') }
+        : {}),
     },
     schema: pg.schema,
   });

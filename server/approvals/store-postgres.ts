@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 import { connectFailure } from '../../tools/postgres/check.js';
-import type { ResolvedPostgresTarget } from '../../tools/postgres/pool.js';
+import { connectionConfig, type ResolvedPostgresTarget } from '../../tools/postgres/pool.js';
 import { log } from '../kernel/log.js';
 import { head } from '../kernel/text.js';
 import type { ApprovalRecord, GrantRecord, StateStore } from './types.js';
@@ -28,7 +28,16 @@ import type { ApprovalRecord, GrantRecord, StateStore } from './types.js';
  */
 
 export interface PostgresStoreOptions {
-  connection: { host: string; port: number; database: string; user: string; password?: string };
+  connection: {
+    host: string;
+    port: number;
+    database: string;
+    user: string;
+    password?: string;
+    /** As a postgres target's `ssl` (default disable); `sslCa` the CA's PEM text. */
+    ssl?: 'disable' | 'require' | 'verify-full';
+    sslCa?: string;
+  };
   /** The schema holding the tables, created on first open (config allows [a-z_][a-z0-9_]*). */
   schema: string;
   /** How often watch() polls for changes whose NOTIFY it may have missed (default 1 s). */
@@ -43,7 +52,7 @@ const RECONNECT_MAX_MS = 30_000;
 type Sql = <R extends pg.QueryResultRow>(text: string, values?: unknown[]) => Promise<R[]>;
 
 export async function openPostgresStore(opts: PostgresStoreOptions): Promise<StateStore> {
-  const { host, port, database, user, password } = opts.connection;
+  const { host, port, database, user, password, ssl = 'disable', sslCa } = opts.connection;
   // In connectFailure's shape, so a failed state connection is worded as a target's would be.
   const target: ResolvedPostgresTarget = {
     name: 'state.postgres',
@@ -52,17 +61,13 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Sta
     database,
     user,
     password,
-    ssl: 'disable',
-    sslCa: undefined,
+    ssl,
+    sslCa,
     poolSize: 4,
     connectTimeoutMs: 10_000,
   };
   const config: pg.ClientConfig = {
-    host,
-    port,
-    database,
-    user,
-    password,
+    ...connectionConfig(target),
     connectionTimeoutMillis: target.connectTimeoutMs,
     // A LISTEN connection whose peer vanished without a FIN would otherwise look alive forever.
     keepAlive: true,
