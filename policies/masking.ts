@@ -40,6 +40,23 @@ export interface ColumnOrigin {
   column?: string;
 }
 
+/** A column a statement mentions: its name as written, and the table or alias before it. */
+export interface SourceRef {
+  qualifier?: string;
+  column: string;
+}
+
+/** What a statement's result values may be derived from (tools/postgres/lineage.ts). */
+export interface Lineage {
+  /** Columns mentioned where values flow into the result (select lists, RETURNING, SET). */
+  output: SourceRef[];
+  /** Columns mentioned where they only pick, order or count rows (WHERE, JOIN, ORDER BY...). */
+  conditions: SourceRef[];
+  /** A whole row used as a value in the result (`row_to_json(u)`, `u::text`, `json_agg(u)`). */
+  wholeRow: boolean;
+  wholeRowInConditions: boolean;
+}
+
 export interface MaskResult<T> {
   value: T;
   /** Per detector name, or 'column' for values hidden by a column rule. Only non-zero keys. */
@@ -49,8 +66,19 @@ export interface MaskResult<T> {
 export interface Masker {
   /** False when no profile applies: callers may skip the work entirely. */
   readonly active: boolean;
-  /** Column rules first (whole value), then detectors inside every string (also inside JSON and arrays). */
-  maskRows(columns: ColumnOrigin[], rows: unknown[][]): MaskResult<unknown[][]>;
+  /**
+   * Column rules first (whole value), then detectors inside every string (also inside JSON and
+   * arrays). With the statement's `lineage`, a column with no origin (a computed value) is
+   * hidden whole when the statement derives output from a masked column or a whole row.
+   */
+  maskRows(columns: ColumnOrigin[], rows: unknown[][], lineage?: Lineage): MaskResult<unknown[][]>;
+  /**
+   * Why the statement must not run under these masks: it filters, joins or orders on a masked
+   * column (or a whole row), which reveals the value bit by bit whatever the result shows.
+   */
+  conditionLeak(lineage: Lineage): string | undefined;
+  /** Does the statement mention a masked column, or use a whole row, anywhere? */
+  touches(lineage: Lineage): boolean;
   /** Detectors only: error texts, command output, anything that is not a result set. */
   maskText(text: string): MaskResult<string>;
 }
@@ -395,12 +423,39 @@ export function createMasker(
     return style === 'pseudonym' ? pseudonym('column', s) : '[redacted:column]';
   };
 
+  const masked = (ref: SourceRef) => globs.some((g) => g.column.test(ref.column));
+  /** A computed value derives from a masked column: hidden whole (the lineage is per statement). */
+  const derivesMasked = (lineage: Lineage | undefined) =>
+    lineage !== undefined && globs.length > 0 && (lineage.wholeRow || lineage.output.some(masked));
+
   return {
     active,
-    maskRows(columns, rows) {
+    conditionLeak(lineage) {
+      if (!active || globs.length === 0) return undefined;
+      if (lineage.wholeRowInConditions) return 'a whole row (which holds masked columns)';
+      const ref = lineage.conditions.find(masked);
+      return ref && `masked column ${ref.qualifier ? `${ref.qualifier}.` : ''}${ref.column}`;
+    },
+    touches(lineage) {
+      return (
+        active &&
+        globs.length > 0 &&
+        (lineage.wholeRow ||
+          lineage.wholeRowInConditions ||
+          lineage.output.some(masked) ||
+          lineage.conditions.some(masked))
+      );
+    },
+    maskRows(columns, rows, lineage) {
       const counts: Record<string, number> = {};
       if (!active) return { value: rows, counts };
-      const hidden = columns.map((c) => globs.length > 0 && columnMatches(globs, c));
+      const derived = derivesMasked(lineage);
+      const hidden = columns.map(
+        (c) =>
+          globs.length > 0 &&
+          (columnMatches(globs, c) ||
+            (derived && (c.table === undefined || c.column === undefined))),
+      );
       const value = rows.map((row) =>
         row.map((cell, i) => {
           if (hidden[i]) {

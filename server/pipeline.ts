@@ -321,6 +321,20 @@ async function approve(c: Decided): Promise<Approved> {
   }
   const refusal = c.described.description.refusal;
   if (refusal) throw new GovernanceError('INVALID_INPUT', refusal);
+  const lineage = c.described.description.lineage;
+  if (lineage && decision.mask.length > 0) {
+    // Masking hides values in the result; a condition on a masked column reveals it anyway,
+    // one question at a time (`WHERE password LIKE 'a%'`). Refused before anything runs.
+    const leak = c.rt.maskerFor(decision.mask).conditionLeak(lineage);
+    if (leak) {
+      throw new GovernanceError(
+        'DENIED',
+        `the statement filters, joins or orders on ${leak}, which reveals it bit by bit ` +
+          `whatever the result shows (the rule masks it)`,
+        { rule: decision.rule },
+      );
+    }
+  }
   if (decision.effect === 'allow') return { ...c, stage: 'approved' };
   const rule = decision.approval;
   if (!rule) {
@@ -506,7 +520,7 @@ function mask(c: Executed): Masked {
   const output = c.output;
   switch (output.kind) {
     case 'rows': {
-      const masked = masker.maskRows(output.columns, output.rows);
+      const masked = masker.maskRows(output.columns, output.rows, c.described.description.lineage);
       // The byte limit bounds what the agent's context receives, whatever the row count:
       // the longest prefix of rows that fits. A first row that alone is over it is an error
       // that says so, not "0 rows".
@@ -614,7 +628,12 @@ function errorResult(c: Reached, err: GovernanceError): CallToolResult {
     const untrusted = targetText(err);
     if (untrusted !== undefined) {
       const own = err.message.replace(untrusted, ' ').replace(/\s+/g, ' ').trim();
-      const body = boundErrorText(mask(untrusted));
+      // A statement over a masked column can make the server quote its value in the error
+      // (`invalid input syntax for type integer: "<password>"`): its text is withheld.
+      const lineage = 'described' in c ? c.described.description.lineage : undefined;
+      const withheld = masker !== undefined && lineage !== undefined && masker.touches(lineage);
+      const body = withheld ? { text: WITHHELD } : boundErrorText(mask(untrusted));
+      if (withheld) reason = `${mask(own)} ${WITHHELD}`;
       text = [
         `TARGET_ERROR: ${mask(own)}`,
         fence(targetOf(c) ?? 'the target', body.text, fenceNonce()),
@@ -648,6 +667,9 @@ function targetText(err: GovernanceError): string | undefined {
   if (typeof cause === 'string' && cause !== '' && err.message.includes(cause)) return cause;
   return undefined;
 }
+
+const WITHHELD =
+  "(the target's error text is withheld: the statement reads a masked column, and the text can quote its values)";
 
 /** Target error text shown to the agent: at most this many UTF-16 units, then a note. */
 const ERROR_TEXT_MAX = 2048;

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { ToolAnnotations } from '@modelcontextprotocol/sdk/types.js';
 import type { CallPart, Decision, Principal, ResolvedLimits } from '../policies/engine.js';
-import type { ColumnOrigin } from '../policies/masking.js';
+import type { ColumnOrigin, Lineage } from '../policies/masking.js';
 import { GovernanceError } from '../server/kernel/errors.js';
 import { head } from '../server/kernel/text.js';
 
@@ -59,6 +59,11 @@ export interface CallDescription<P = unknown> {
   refusal?: string;
   /** The tool's own notes from describe for execute. */
   plan: P;
+  /**
+   * Where the call's result values come from, when the tool can tell (SQL): masking then
+   * follows them through expressions, and refuses conditions on masked columns.
+   */
+  lineage?: Lineage;
 }
 
 export interface ExecContext<T, P> extends RunContext {

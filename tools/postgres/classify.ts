@@ -1,3 +1,5 @@
+import type { Lineage } from '../../policies/masking.js';
+import { statementLineage } from './lineage.js';
 import { loadModule, parseSync } from 'libpg-query';
 import { copyToStdoutAsQuery } from './copy.js';
 import { GovernanceError } from '../../server/kernel/errors.js';
@@ -88,6 +90,8 @@ export interface SqlClassification {
   runAs?: string;
   /** For a single statement postgres_query cannot run at all (COPY FROM STDIN): why. */
   unsupported?: string;
+  /** The columns the statements mention, and where (for masking, lineage.ts). */
+  lineage: Lineage;
 }
 
 const RANK: Record<SqlOperation, number> = { read: 0, write: 1, ddl: 2, unknown: 3, admin: 4 };
@@ -833,6 +837,7 @@ export function classifyParsed(sql: string): SqlClassification {
     tags,
     statements,
     reason: strictest.reason,
+    lineage: statementLineage(stmts.map((s) => s.stmt)),
     ...copyForm(sql, stmts),
   };
 }

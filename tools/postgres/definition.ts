@@ -96,6 +96,7 @@ export function postgresQueryTool(
           reason: s.reason,
         })),
         auditInput: { sql: input.sql, ...(input.params ? { params: input.params } : {}) },
+        lineage: c.lineage,
         plan: {
           runAs: c.runAs,
           unchecked,

@@ -1,0 +1,159 @@
+import type { Lineage, SourceRef } from '../../policies/masking.js';
+
+/**
+ * Where a statement's values come from, for masking (policies/masking.ts), read off the same
+ * parse tree the classifier proved.
+ *
+ * PostgreSQL names the source of a result column only when the column *is* a table column
+ * (RowDescription's table and column ids); a value computed from one (`'x' || password`,
+ * `row_to_json(u)`, `string_agg(password, ',')`, a UNION arm) comes back with no origin. So
+ * the statement is read for every column it mentions, and where:
+ *
+ * - `output`: in what flows into the result: select lists at every level (subqueries in FROM,
+ *   CTEs, set-operation arms, scalar subqueries in a select list), VALUES, RETURNING, SET;
+ * - `conditions`: in what only decides which rows, in which order, or how many: WHERE, JOIN
+ *   ON/USING, HAVING, ORDER BY, window definitions, aggregate FILTER, LIMIT/OFFSET. A masked
+ *   value used there comes out bit by bit (`WHERE password LIKE 'a%'`), masked columns or not;
+ * - `wholeRow`: a relation used as a value (`row_to_json(u)`, `u::text`, `json_agg(u)`,
+ *   `f(u.*)`), which carries every column of the row, masked ones included.
+ *
+ * GROUP BY and DISTINCT only reveal which values are equal, as pseudonyms do by design; they
+ * count as neither. The result is a superset (a name is taken as a column wherever it could
+ * be one, and mentions are per statement, not per result column): masking with it can only
+ * hide more, never less.
+ */
+
+type Ctx = 'output' | 'conditions';
+type Obj = Record<string, unknown>;
+
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Keys of a node whose subtree only decides which rows, in what order, how many. */
+const CONDITION_KEYS = new Set([
+  'whereClause',
+  'havingClause',
+  'sortClause',
+  'windowClause',
+  'limitOffset',
+  'limitCount',
+  'quals',
+  'agg_filter',
+  'over',
+  'onConflictClause',
+  'mergeJoinCondition',
+]);
+/** Keys whose subtree neither reaches the result nor selects rows: equality only. */
+const NEUTRAL_KEYS = new Set(['groupClause', 'distinctClause']);
+
+export function statementLineage(stmts: readonly unknown[]): Lineage {
+  const relations = new Set<string>();
+  collectRelations(stmts, relations);
+  const out: Lineage = { output: [], conditions: [], wholeRow: false, wholeRowInConditions: false };
+  const seen = { output: new Set<string>(), conditions: new Set<string>() };
+  const add = (ctx: Ctx, ref: SourceRef) => {
+    const key = `${ref.qualifier ?? ''}.${ref.column}`;
+    if (seen[ctx].has(key)) return;
+    seen[ctx].add(key);
+    out[ctx].push(ref);
+  };
+  const whole = (ctx: Ctx) => {
+    if (ctx === 'output') out.wholeRow = true;
+    else out.wholeRowInConditions = true;
+  };
+
+  // Iterative: a deep tree (the parser accepts thousands of nested expressions) must not
+  // overflow the stack.
+  const stack: Array<{ v: unknown; ctx: Ctx | 'neutral'; direct?: boolean }> = stmts.map((v) => ({
+    v,
+    ctx: 'output' as const,
+  }));
+  while (stack.length > 0) {
+    const { v, ctx, direct } = stack.pop()!;
+    if (Array.isArray(v)) {
+      for (const x of v) stack.push({ v: x, ctx });
+      continue;
+    }
+    if (!isObj(v)) continue;
+    if (isObj(v.ColumnRef)) {
+      if (ctx !== 'neutral') columnRef(v.ColumnRef, ctx, direct === true, relations, add, whole);
+      continue;
+    }
+    if (isObj(v.ResTarget)) {
+      // `SELECT t.*` at the top of a select list expands to columns with their own origins;
+      // the same inside an expression is a whole row.
+      const val = v.ResTarget.val;
+      stack.push({ v: val, ctx, direct: true });
+      if (v.ResTarget.indirection !== undefined) stack.push({ v: v.ResTarget.indirection, ctx });
+      continue;
+    }
+    if (isObj(v.JoinExpr) && Array.isArray(v.JoinExpr.usingClause) && ctx !== 'neutral') {
+      // JOIN ... USING (password) compares the named columns of both sides.
+      for (const n of v.JoinExpr.usingClause) {
+        const name = isObj(n) && isObj(n.String) ? n.String.sval : undefined;
+        if (typeof name === 'string') add('conditions', { column: name });
+      }
+    }
+    for (const [key, child] of Object.entries(v)) {
+      if (key === 'usingClause') continue;
+      const next: Ctx | 'neutral' = CONDITION_KEYS.has(key)
+        ? ctx === 'neutral'
+          ? 'neutral'
+          : 'conditions'
+        : NEUTRAL_KEYS.has(key)
+          ? 'neutral'
+          : ctx;
+      stack.push({ v: child, ctx: next });
+    }
+  }
+  return out;
+}
+
+function columnRef(
+  node: Obj,
+  ctx: Ctx,
+  direct: boolean,
+  relations: ReadonlySet<string>,
+  add: (ctx: Ctx, ref: SourceRef) => void,
+  whole: (ctx: Ctx) => void,
+): void {
+  const fields = Array.isArray(node.fields) ? node.fields : [];
+  const names = fields.map((f) => (isObj(f) && isObj(f.String) ? String(f.String.sval) : null));
+  const star = fields.some((f) => isObj(f) && f.A_Star !== undefined);
+  if (star) {
+    if (!direct) whole(ctx);
+    return;
+  }
+  const parts = names.filter((n): n is string => n !== null);
+  const column = parts.at(-1);
+  if (column === undefined) return;
+  // A bare name that is also a relation in the statement may be that relation's whole row
+  // (`SELECT u FROM users u`); it may also be a column: both, to be safe.
+  if (parts.length === 1 && relations.has(column.toLowerCase())) whole(ctx);
+  add(ctx, parts.length > 1 ? { qualifier: parts.at(-2)!, column } : { column });
+}
+
+/** Every name a relation goes by in the statements: tables, aliases, CTEs, functions in FROM. */
+function collectRelations(root: unknown, into: Set<string>): void {
+  const stack: unknown[] = [root];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (Array.isArray(v)) {
+      stack.push(...v);
+      continue;
+    }
+    if (!isObj(v)) continue;
+    if (isObj(v.RangeVar) && typeof v.RangeVar.relname === 'string') {
+      into.add(v.RangeVar.relname.toLowerCase());
+    }
+    if (isObj(v.Alias) && typeof v.Alias.aliasname === 'string') {
+      into.add(v.Alias.aliasname.toLowerCase());
+    }
+    if (isObj(v.alias) && typeof v.alias.aliasname === 'string') {
+      into.add(v.alias.aliasname.toLowerCase());
+    }
+    if (isObj(v.CommonTableExpr) && typeof v.CommonTableExpr.ctename === 'string') {
+      into.add(v.CommonTableExpr.ctename.toLowerCase());
+    }
+    for (const child of Object.values(v)) if (typeof child === 'object') stack.push(child);
+  }
+}
