@@ -138,7 +138,7 @@ function collectRelations(root: unknown, into: Set<string>): void {
   while (stack.length > 0) {
     const v = stack.pop();
     if (Array.isArray(v)) {
-      stack.push(...v);
+      for (const x of v as unknown[]) stack.push(x);
       continue;
     }
     if (!isObj(v)) continue;
