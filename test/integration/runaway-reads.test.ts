@@ -233,8 +233,10 @@ describe.skipIf(!pgInfo.available)('#6.4 runaway reads in the executor', () => {
         code: 'TIMEOUT',
         message: 'query on app-db was cancelled',
       });
-      // Promptly: the agent does not wait for the backend.
+      // Promptly: the agent does not wait for the backend, which is still running.
       expect(Date.now() - started).toBeLessThan(2_000);
+      const alive = await admin.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [busy!.pid]);
+      expect(alive.rowCount).toBe(1);
       // The next call on this one-slot pool waits for that backend to be gone (it runs for
       // seconds more), and by the time it answers the backend has left pg_stat_activity.
       const aborted = Date.now();
@@ -246,8 +248,9 @@ describe.skipIf(!pgInfo.available)('#6.4 runaway reads in the executor', () => {
       );
       const waited = Date.now() - aborted;
       const left = await admin.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [busy!.pid]);
+      // It was running when the next call started, and gone when that call answered: the call
+      // waited for it (how long depends on the machine; the XPath is uncancellable).
       expect(left.rowCount).toBe(0);
-      expect(waited).toBeGreaterThan(2_000);
       expect(out).toMatchObject({ kind: 'rows' });
       expect((out as { rows: unknown[][] }).rows[0]![0]).not.toBe(busy!.pid);
       console.info(`#6.4: the next call on a one-slot pool waited ${waited} ms for the backend`);
