@@ -13,6 +13,7 @@ import type {
 import type { Approval } from '../policies/schema.js';
 import { AWAIT_APPROVAL, type AwaitApprovalInput } from '../tools/await_approval/definition.js';
 import { askClient, type ApprovalEvidence } from './approvals/client.js';
+import { tooLongToShow } from './approvals/form.js';
 import { ApprovalService, type CallToApprove } from './approvals/service.js';
 import type { ApprovalRecord } from './approvals/types.js';
 import { boundCall, wellFormedDeep, type BoundedCall } from './bounds.js';
@@ -365,6 +366,17 @@ async function approve(c: Decided): Promise<Approved> {
       },
     };
   }
+  // A person approves what they are shown: all of it, or the call is not put to them.
+  const unshowable = tooLongToShow(call.input);
+  if (unshowable) {
+    throw new GovernanceError(
+      'INVALID_INPUT',
+      `rule ${decision.rule} needs approval, and ${unshowable}`,
+      {
+        rule: decision.rule,
+      },
+    );
+  }
   if (rule.approvers === 'client') {
     return { ...c, stage: 'approved', approval: await askClient(c, call, rule, c.shownForm) };
   }
@@ -419,7 +431,7 @@ async function awaitHeld(c: Decided, held: ApprovalRecord, rule: Approval): Prom
 /** Waits up to the rule's hold for the approval's decision, then runs the call or says why not. */
 async function holdFor(c: Decided, id: string, rule: Approval): Promise<UsedApproval> {
   const ruleId = c.decision.rule;
-  const rec = await c.rt.approvals.wait(id, rule.hold, c.req.signal, (waited, r) => {
+  let rec = await c.rt.approvals.wait(id, rule.hold, c.req.signal, (waited, r) => {
     void c.req
       .progress?.(
         Math.round(waited / 1000),
@@ -432,8 +444,11 @@ async function holdFor(c: Decided, id: string, rule: Approval): Promise<UsedAppr
       if (await c.rt.approvals.consume(id, c.callId)) {
         return { id, approver: approvedBy(rec), answer: 'approve', via: 'approvers', stored: true };
       }
-      // Another call used it between the read and the consume: answer what that call got.
-      return alreadyUsed(c, id, rule);
+      // Another call used it between the read and the consume (answer what that call got),
+      // or it expired meanwhile.
+      rec = (await c.rt.approvals.get(id)) ?? rec;
+      if (rec.status !== 'expired') return alreadyUsed(c, id, rule);
+      return expired(rec, ruleId);
     case 'consumed':
       return alreadyUsed(c, id, rule);
     case 'denied': {
@@ -447,12 +462,7 @@ async function holdFor(c: Decided, id: string, rule: Approval): Promise<UsedAppr
       );
     }
     case 'expired':
-      throw new GovernanceError(
-        'APPROVAL_TIMEOUT',
-        `approval ${id} was not answered before ${new Date(rec.expiresAt).toISOString()} ` +
-          `(rule ${ruleId}); no answer means no`,
-        { rule: ruleId, approvalId: id },
-      );
+      return expired(rec, ruleId);
     case 'pending':
       throw new GovernanceError(
         'APPROVAL_PENDING',
@@ -464,6 +474,19 @@ async function holdFor(c: Decided, id: string, rule: Approval): Promise<UsedAppr
         { rule: ruleId, approvalId: id },
       );
   }
+}
+
+function expired(rec: ApprovalRecord, ruleId: string): never {
+  const approved = rec.answers.filter((a) => a.answer === 'approve').length >= rec.quorum;
+  throw new GovernanceError(
+    'APPROVAL_TIMEOUT',
+    approved
+      ? `approval ${rec.id} was given but not used before it expired at ` +
+          `${new Date(rec.expiresAt).toISOString()} (rule ${ruleId}); call the tool again to ask anew`
+      : `approval ${rec.id} was not answered before ${new Date(rec.expiresAt).toISOString()} ` +
+          `(rule ${ruleId}); no answer means no`,
+    { rule: ruleId, approvalId: rec.id },
+  );
 }
 
 /** A used approval's answer again, once the call that used it has one (waits up to hold). */

@@ -27,21 +27,56 @@ export interface ApprovalSummary {
   readonly quorum?: number;
 }
 
-const STATEMENT_MAX = 4_000;
+/**
+ * The most a statement may take, as shown, for a person to be asked about it. A longer one is
+ * refused rather than shown in part: an approver must see all of what runs (an agent padded
+ * `WHERE id = 7` with 30 000 spaces and hid `OR true` past the cut of an earlier release).
+ */
+export const STATEMENT_SHOWN_MAX = 8_000;
 
-/** The call as a block of quoted lines. SQL shows as written, anything else as JSON. */
+/** Runs of blanks an agent could hide a tail behind are shown as their count. */
+const BLANKS = /[ \t]{8,}/g;
+
+/** The call as a block of quoted lines, whole. SQL shows as written, anything else as JSON. */
 export function statementLines(input: unknown): string[] {
   const i = (input ?? {}) as Record<string, unknown>;
-  const lines: string[] = [];
+  const raw: string[] = [];
   if (typeof i.sql === 'string') {
-    lines.push(...head(i.sql, STATEMENT_MAX).split(/\r\n|\r|\n/));
-    if (Array.isArray(i.params) && i.params.length > 0) {
-      lines.push(`params: ${head(JSON.stringify(i.params), 1_000)}`);
-    }
+    raw.push(...i.sql.split(/\r\n|\r|\n/));
+    if (Array.isArray(i.params) && i.params.length > 0)
+      raw.push(`params: ${JSON.stringify(i.params)}`);
   } else {
-    lines.push(...head(JSON.stringify(input, null, 2) ?? 'null', STATEMENT_MAX).split('\n'));
+    raw.push(...(JSON.stringify(input, null, 2) ?? 'null').split('\n'));
   }
+  const lines: string[] = [];
+  let blank = 0;
+  const flush = () => {
+    if (blank > 2) lines.push(`⟨${blank} blank lines⟩`);
+    else for (let k = 0; k < blank; k++) lines.push('');
+    blank = 0;
+  };
+  for (const l of raw) {
+    if (l.trim() === '') {
+      blank++;
+      continue;
+    }
+    flush();
+    lines.push(l.replace(BLANKS, (m) => `⟨${m.length} blanks⟩`));
+  }
+  flush();
   return lines.map((l) => `  │ ${safe(l)}`);
+}
+
+/**
+ * Why this call cannot be put to a person: its statement, as shown, is too long to read whole.
+ * Undefined: it can.
+ */
+export function tooLongToShow(input: unknown): string | undefined {
+  const shown = statementLines(input).join('\n').length;
+  return shown > STATEMENT_SHOWN_MAX
+    ? `the statement is too long to show an approver whole (${shown} characters as shown, at most ` +
+        `${STATEMENT_SHOWN_MAX}); split it into smaller calls`
+    : undefined;
 }
 
 export function describeApproval(a: ApprovalSummary): string {

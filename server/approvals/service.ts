@@ -5,6 +5,7 @@ import { skeleton } from '../../policies/skeleton.js';
 import { canonicalJson } from '../../recordings/canonical.js';
 import type { ApprovalEventName, AuditRecord } from '../../recordings/audit.js';
 import { wellFormedDeep } from '../bounds.js';
+import { GovernanceError } from '../kernel/errors.js';
 import { log } from '../kernel/log.js';
 import { head } from '../kernel/text.js';
 import type {
@@ -75,6 +76,8 @@ export class ApprovalRefused extends Error {
   }
 }
 
+/** Open (pending) approvals one identity may have at a time. */
+export const MAX_PENDING_PER_REQUESTER = 16;
 /** How long ended approvals and grants stay in the state (for `approvals list` and repeats). */
 const RETAIN_MS = 24 * 3_600_000;
 /** How often a waiting call reports progress. */
@@ -174,23 +177,26 @@ export class ApprovalService {
   async request(call: CallToApprove): Promise<{ record: ApprovalRecord; joined: boolean }> {
     const digest = ApprovalService.digest(call.tool, call.target, call.args);
     const now = Date.now();
-    const open = (await this.store.listApprovals()).find(
-      (r) =>
-        r.requester.sub === call.requester.sub &&
-        r.digest === digest &&
-        r.policyVersion === this.opts.policyVersion &&
-        r.rule === call.rule &&
-        (r.status === 'pending' || r.status === 'approved') &&
-        now < r.expiresAt,
+    const mine = (await this.store.listApprovals()).filter(
+      (r) => r.requester.sub === call.requester.sub && r.status === 'pending' && now < r.expiresAt,
     );
-    if (open) {
-      await this.opts.audit(
-        callAudit(call, { id: open.id, approver: '-', answer: 'pending', event: 'joined' }),
+    const same = (r: ApprovalRecord) =>
+      r.requester.sub === call.requester.sub &&
+      r.digest === digest &&
+      r.policyVersion === this.opts.policyVersion &&
+      r.rule === call.rule;
+    if (mine.length >= MAX_PENDING_PER_REQUESTER && !mine.some(same)) {
+      // Each pending approval is state every replica reads and approvers wade through: one
+      // identity cannot bury the others' requests (or the state) under its own.
+      throw new GovernanceError(
+        'LIMIT_EXCEEDED',
+        `${call.requester.sub} has ${mine.length} approvals waiting already (at most ` +
+          `${MAX_PENDING_PER_REQUESTER}); wait for them to be answered or to expire`,
+        { rule: call.rule },
       );
-      return { record: open, joined: true };
     }
     const a = call.approval;
-    const record: ApprovalRecord = wellFormedDeep({
+    const fresh: ApprovalRecord = wellFormedDeep({
       id: newId('apr'),
       status: 'pending',
       createdAt: now,
@@ -214,13 +220,20 @@ export class ApprovalService {
       ...(a.grant !== undefined ? { grantMs: a.grant } : {}),
       answers: [],
     });
-    // On record before anyone can answer it: an answer line never precedes its request.
+    // The same call again (sent twice, or at once to two replicas) joins the open approval.
+    const { record, created } = await this.store.createApproval(fresh, same);
     await this.opts.audit(
-      recordAudit(record, { id: record.id, approver: '-', answer: 'pending', event: 'requested' }),
+      created
+        ? recordAudit(record, {
+            id: record.id,
+            approver: '-',
+            answer: 'pending',
+            event: 'requested',
+          })
+        : callAudit(call, { id: record.id, approver: '-', answer: 'pending', event: 'joined' }),
     );
-    await this.store.createApproval(record);
-    this.opts.notifier?.notify({ kind: 'approval.requested', approval: record });
-    return { record, joined: false };
+    if (created) this.opts.notifier?.notify({ kind: 'approval.requested', approval: record });
+    return { record, joined: !created };
   }
 
   async get(id: string): Promise<ApprovalRecord | undefined> {
@@ -366,7 +379,8 @@ export class ApprovalService {
    */
   async consume(id: string, callId: string): Promise<boolean> {
     const { record, changed } = await this.store.updateApproval(id, (rec) => {
-      if (rec.status !== 'approved') return undefined;
+      // An approval is for use before its timeout: approved and left unused, it expires too.
+      if (rec.status !== 'approved' || Date.now() >= rec.expiresAt) return undefined;
       rec.status = 'consumed';
       rec.consumedBy = callId;
       rec.consumedAt = Date.now();
@@ -394,11 +408,15 @@ export class ApprovalService {
     });
   }
 
-  /** Pending past its timeout: expired (denied), on record once whichever process sees it first. */
+  /**
+   * Pending or approved-but-unused past its timeout: expired (not run), on record once,
+   * whichever process sees it first.
+   */
   private async expireIfDue(rec: ApprovalRecord): Promise<ApprovalRecord> {
-    if (rec.status !== 'pending' || Date.now() < rec.expiresAt) return rec;
+    const open = (r: ApprovalRecord) => r.status === 'pending' || r.status === 'approved';
+    if (!open(rec) || Date.now() < rec.expiresAt) return rec;
     const { record, changed } = await this.store.updateApproval(rec.id, (r) => {
-      if (r.status !== 'pending' || Date.now() < r.expiresAt) return undefined;
+      if (!open(r) || Date.now() < r.expiresAt) return undefined;
       r.status = 'expired';
       return r;
     });

@@ -106,7 +106,8 @@ class FileStore implements StateStore {
   private seen = new Map<string, string>();
   private lastStamp = '';
   private timer: NodeJS.Timeout | undefined;
-  private polling = false;
+  private running: Promise<void> | undefined;
+  private queued: Promise<void> | undefined;
   private closed = false;
   /** Changes from this process run one at a time (the lock file serializes processes). */
   private queue: Promise<unknown> = Promise.resolve();
@@ -152,15 +153,31 @@ class FileStore implements StateStore {
     }
   }
 
-  private async poll(): Promise<void> {
-    if (this.polling || this.closed) return;
-    this.polling = true;
+  /**
+   * Brings the in-memory copy up to date with the file as it is now. A caller arriving while a
+   * look is under way waits for the next one (which starts after it): the one under way may
+   * have read the file before the change this caller is waiting to see. Callers arriving
+   * together share that next look.
+   */
+  private poll(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    if (this.queued) return this.queued;
+    if (!this.running) return (this.running = this.look());
+    const next = this.running.then(() => {
+      this.queued = undefined;
+      return (this.running = this.look());
+    });
+    this.queued = next;
+    return next;
+  }
+
+  private async look(): Promise<void> {
     try {
       if ((await this.stamp()) !== this.lastStamp) await this.refresh();
     } catch (err) {
       log.warn({ file: this.file, err: (err as Error).message }, 'state file: cannot re-read');
     } finally {
-      this.polling = false;
+      this.running = undefined;
     }
   }
 
@@ -239,10 +256,22 @@ class FileStore implements StateStore {
     return true;
   }
 
-  async createApproval(rec: ApprovalRecord): Promise<void> {
-    await this.transact((d) => {
-      if (d.approvals[rec.id]) throw new Error(`approval ${rec.id} exists`);
+  createApproval(
+    rec: ApprovalRecord,
+    joinable?: (open: ApprovalRecord) => boolean,
+  ): Promise<{ record: ApprovalRecord; created: boolean }> {
+    return this.transact((d) => {
+      if (joinable) {
+        const now = Date.now();
+        const open = Object.values(d.approvals).find(
+          (r) =>
+            (r.status === 'pending' || r.status === 'approved') && now < r.expiresAt && joinable(r),
+        );
+        if (open) return { record: structuredClone(open), created: false };
+      }
+      if (Object.hasOwn(d.approvals, rec.id)) throw new Error(`approval ${rec.id} exists`);
       d.approvals[rec.id] = structuredClone(rec);
+      return { record: structuredClone(rec), created: true };
     });
   }
 

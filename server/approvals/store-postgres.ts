@@ -173,16 +173,44 @@ class PostgresStore implements StateStore {
     });
   }
 
-  async createApproval(rec: ApprovalRecord): Promise<void> {
-    await this.withClient(`create approval ${rec.id}`, (sql) =>
-      sql(
+  /**
+   * The insert, after looking for an open approval to join, in one transaction serialized per
+   * requester (an advisory lock on the requester), so identical calls sent at once to any
+   * replicas share one approval.
+   */
+  createApproval(
+    rec: ApprovalRecord,
+    joinable?: (open: ApprovalRecord) => boolean,
+  ): Promise<{ record: ApprovalRecord; created: boolean }> {
+    return this.withClient(`create approval ${rec.id}`, async (sql) => {
+      await sql('BEGIN');
+      if (joinable) {
+        await sql('SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1, 0))', [
+          `${this.approvals} ${rec.requester.sub}`,
+        ]);
+        const open = await sql<{ record: ApprovalRecord }>(
+          `SELECT record FROM ${this.approvals}
+            WHERE status IN ('pending', 'approved') AND expires_at > $1
+            ORDER BY created_at, id`,
+          [Date.now()],
+        );
+        const found = open.map((r) => r.record).find(joinable);
+        if (found) {
+          await sql('ROLLBACK');
+          return { record: found, created: false };
+        }
+      }
+      const text = JSON.stringify(rec);
+      await sql(
         `WITH ins AS (
            INSERT INTO ${this.approvals} (id, status, created_at, expires_at, record)
            VALUES ($1, $2, $3, $4, $5::json) RETURNING id)
          SELECT pg_catalog.pg_notify($6, id) FROM ins`,
-        [rec.id, rec.status, rec.createdAt, rec.expiresAt, JSON.stringify(rec), this.channel],
-      ),
-    );
+        [rec.id, rec.status, rec.createdAt, rec.expiresAt, text, this.channel],
+      );
+      await sql('COMMIT');
+      return { record: JSON.parse(text) as ApprovalRecord, created: true };
+    });
   }
 
   async getApproval(id: string): Promise<ApprovalRecord | undefined> {

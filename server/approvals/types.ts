@@ -107,7 +107,16 @@ export interface GrantRecord {
  */
 export interface StateStore {
   readonly kind: 'file' | 'postgres';
-  createApproval(rec: ApprovalRecord): Promise<void>;
+  /**
+   * Stores a new approval, unless an open one (pending or approved, not expired) satisfies
+   * `joinable`: then that one is returned and nothing is written. The check and the insert are
+   * one step against every process sharing the state, so identical calls sent at once share
+   * one approval.
+   */
+  createApproval(
+    rec: ApprovalRecord,
+    joinable?: (open: ApprovalRecord) => boolean,
+  ): Promise<{ record: ApprovalRecord; created: boolean }>;
   getApproval(id: string): Promise<ApprovalRecord | undefined>;
   listApprovals(): Promise<ApprovalRecord[]>;
   updateApproval(

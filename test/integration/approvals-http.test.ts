@@ -276,6 +276,30 @@ describe.skipIf(!pgInfo.available)('out-of-band approval over HTTP', () => {
     expect(late.stderr).toMatch(/is already denied/);
   });
 
+  it('approvers see the whole statement: padding shows as its count; one too long to show is not asked', async () => {
+    const sam = await agent('sam', ['sre']);
+    const long = `UPDATE canary SET v = 'p' WHERE id IN (${Array.from({ length: 2_000 }, (_, i) => 10_000 + i).join(', ')})`;
+    const refused = await sam.call('postgres_query', write(long));
+    expect(textOf(refused)).toMatch(
+      /^INVALID_INPUT: rule sre-writes needs approval, and the statement is too long to show an approver whole \(\d+ characters as shown, at most 8000\)/,
+    );
+    // A tail hidden behind 30 000 blanks and 5 000 empty lines is in plain view.
+    const call = sam.call(
+      'postgres_query',
+      write(
+        `UPDATE canary SET v = 'q' WHERE id = 9205${' '.repeat(30_000)}${'\n'.repeat(5_000)}OR id = 9206`,
+      ),
+    );
+    const dora = await mint('dora', ['dba']);
+    const pending = await pendingWith(dora, '9206');
+    const listed = await cli(['list'], dora);
+    expect(listed.stdout).toContain(
+      `│ UPDATE canary SET v = 'q' WHERE id = 9205⟨30000 blanks⟩\n    │ ⟨4999 blank lines⟩\n    │ OR id = 9206`,
+    );
+    await cli(['deny', String(pending.id)], dora);
+    expect((await call).structuredContent).toMatchObject({ code: 'APPROVAL_DECLINED' });
+  });
+
   it('quorum 2 needs two different people', async () => {
     const cora = await agent('cora', ['contractors']);
     const call = cora.call(

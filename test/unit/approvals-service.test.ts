@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   ApprovalRefused,
   ApprovalService,
+  MAX_PENDING_PER_REQUESTER,
   type CallToApprove,
 } from '../../server/approvals/service.js';
 import { openFileStore } from '../../server/approvals/store-file.js';
@@ -185,6 +186,37 @@ describe('ApprovalService on the file store', () => {
     });
     expect(await svc.findGrant(call())).toBeDefined();
     expect(await svc.consume(record.id, 'c1')).toBe(true);
+  });
+
+  it('an approval given but not used before its timeout expires: it never runs late', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const { record } = await svc.request(
+      call({ approval: { ...call().approval, timeout: 60_000 } }),
+    );
+    await svc.answer(record.id, dba('dora'), 'approve', undefined, 'api');
+    vi.setSystemTime(Date.now() + 60_001);
+    expect(await svc.consume(record.id, 'c1')).toBe(false);
+    expect((await svc.get(record.id))?.status).toBe('expired');
+  });
+
+  it('identical calls sent at once share one approval; an identity has at most 16 waiting', async () => {
+    const many = await Promise.all([1, 2, 3, 4].map((n) => svc.request(call({ callId: `c${n}` }))));
+    expect(new Set(many.map((m) => m.record.id)).size).toBe(1);
+    expect(many.filter((m) => !m.joined)).toHaveLength(1);
+    for (let n = 1; n < MAX_PENDING_PER_REQUESTER; n++) {
+      await svc.request(
+        call({ args: { target: 'app-db', sql: `UPDATE t SET a = ${n} WHERE id = 2` } }),
+      );
+    }
+    await expect(
+      svc.request(call({ args: { target: 'app-db', sql: 'UPDATE t SET a = 99 WHERE id = 3' } })),
+    ).rejects.toMatchObject({ code: 'LIMIT_EXCEEDED' });
+    // The same call as one already waiting still joins it.
+    expect((await svc.request(call())).joined).toBe(true);
+    // Others are not held back by alice's queue.
+    expect((await svc.request(call({ requester: { sub: 'bob', groups: ['sre'] } }))).joined).toBe(
+      false,
+    );
   });
 
   it('policy version is part of the binding: after a policy change the same call does not join', async () => {
