@@ -47,6 +47,7 @@ describe.skipIf(!pgInfo.available)('approvals across replicas (state.postgres)',
   let issuer: DevIssuer;
   let su: pg.Client;
   let client: Client | undefined;
+  const extra: Client[] = [];
 
   beforeAll(async () => {
     su = await connectAs(pgInfo, 'superuser');
@@ -93,6 +94,7 @@ describe.skipIf(!pgInfo.available)('approvals across replicas (state.postgres)',
 
   afterAll(async () => {
     await client?.close();
+    await Promise.allSettled(extra.map((c) => c.close()));
     await Promise.allSettled(replicas.map((r) => r.shutdown()));
     await su?.query(`DELETE FROM canary WHERE id = 9301`);
     await su?.query(
@@ -170,5 +172,55 @@ describe.skipIf(!pgInfo.available)('approvals across replicas (state.postgres)',
       'outcome',
     ]);
     expect(onB.map((l) => l.approval?.event)).toEqual(['approved']);
+  });
+
+  it('the same call sent at once to both replicas is one approval; it runs once and both get its result', async () => {
+    const [a, b] = replicas as [HttpGateway, HttpGateway];
+    const mint = (sub: string, groups: string[]) =>
+      issuer.mint({ sub, groups, ttlSec: 600, audience: 'gatehouse' });
+    const token = await mint('sam', ['sre']);
+    const connect = async (url: URL) => {
+      const c = new Client({ name: 'agent', version: '1' });
+      await c.connect(
+        new StreamableHTTPClientTransport(url, {
+          requestInit: { headers: { Authorization: `Bearer ${token}` } },
+        }),
+      );
+      extra.push(c);
+      return c;
+    };
+    const [ca, cb] = await Promise.all([connect(a.url), connect(b.url)]);
+    const args = {
+      target: 'app-db-rw',
+      sql: `UPDATE canary SET v = v || '+' WHERE id = 9301`,
+    };
+    const calls = [ca, cb].map(
+      (c) =>
+        c.callTool({ name: 'postgres_query', arguments: args }, undefined, {
+          timeout: 60_000,
+        }) as Promise<CallToolResult>,
+    );
+    const dora = await mint('dora', ['dba']);
+    let ids: string[] = [];
+    for (let i = 0; i < 100; i++) {
+      const listed = await runCli(['approvals', 'list', '--json', '--server', a.url.origin], {
+        GATEHOUSE_TOKEN: dora,
+      });
+      ids = (JSON.parse(listed.stdout || '[]') as Array<{ id: string; status: string }>)
+        .filter((p) => p.status === 'pending')
+        .map((p) => p.id);
+      if (ids.length > 0) break;
+      await sleep(100);
+    }
+    await sleep(300); // both calls are in
+    expect(ids).toHaveLength(1);
+    await runCli(['approvals', 'approve', ids[0]!, '--server', b.url.origin], {
+      GATEHOUSE_TOKEN: dora,
+    });
+    const [ra, rb] = await Promise.all(calls);
+    expect(ra!.isError, textOf(ra!)).toBeFalsy();
+    expect(rb!.structuredContent).toEqual(ra!.structuredContent);
+    const rows = await su.query<{ v: string }>('SELECT v FROM canary WHERE id = 9301');
+    expect(rows.rows).toEqual([{ v: 'replica+' }]);
   });
 });
