@@ -6,7 +6,7 @@ import type { KindEnv, TargetBase, TargetKind } from '../tools/kind.js';
 import { TARGET_KINDS } from '../tools/kinds.js';
 import { listTargetsTool } from '../tools/list_targets/definition.js';
 import { openKinds, type OpenKinds } from '../tools/registry.js';
-import { bindTool, type GatewayView } from '../tools/types.js';
+import { bindTool, type GatewayView, type RegisteredTool } from '../tools/types.js';
 import type { GatehouseConfig, TargetConfig } from './config.js';
 import { DecisionPoint } from './decide.js';
 import { GovernanceError } from './kernel/errors.js';
@@ -50,7 +50,12 @@ export interface Gateway extends OpenKinds {
 export function openGateway(
   config: GatehouseConfig,
   engine: PolicyEngine,
-  opts: { live: boolean; kinds?: readonly TargetKind[] },
+  opts: {
+    live: boolean;
+    kinds?: readonly TargetKind[];
+    /** More gateway tools of a running server (review_approvals, on its approvals). */
+    ownTools?: readonly RegisteredTool[];
+  },
 ): Gateway {
   const kinds = opts.kinds ?? TARGET_KINDS;
   // The view the gateway's own tools get: built before the registry it lists, read after.
@@ -78,6 +83,7 @@ export function openGateway(
     bindTool(listTargetsTool, { ...own, resolve: resolveView }),
     bindTool(explainTool, { ...own, resolve: resolveView }),
     bindTool(awaitApprovalTool, { ...own, resolve: async () => ({ target: null, secrets: [] }) }),
+    ...(opts.ownTools ?? []),
   ]);
   const decisions = new DecisionPoint(opened.tools, engine, opened.laterTools, (name) =>
     Object.hasOwn(config.targets, name) ? config.targets[name]?.kind : undefined,

@@ -533,6 +533,7 @@ async function execute(c: Connected): Promise<Executed> {
     signal: c.req.signal,
     principal: c.principal,
     rule: c.decision.rule,
+    ...(c.req.elicit ? { elicit: c.req.elicit } : {}),
   });
   return { ...c, stage: 'executed', output };
 }

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { httpAudience, loadConfig, parseListen, type GatehouseConfig } from './config.js';
 import { createNotifier } from './approvals/notify.js';
 import { ApprovalService, policyVersion } from './approvals/service.js';
+import { reviewApprovals } from './approvals/review.js';
 import { openFileStore } from './approvals/store-file.js';
 import { openPostgresStore } from './approvals/store-postgres.js';
 import type { StateStore } from './approvals/types.js';
@@ -82,11 +83,6 @@ export async function createRuntime(
     ...(id.devIssuer ? { devIssuer: id.devIssuer } : {}),
   });
   const audit = await openAuditChain(config.audit.file, { notice: (m) => log.warn(m) });
-  const gateway = openGateway(config, policies.engine, {
-    live: true,
-    ...(opts.kinds ? { kinds: opts.kinds } : {}),
-  });
-
   const approvals = new ApprovalService(await openStateStore(config), {
     policyVersion: policyVersion(
       policies.rules.map((r) => r.rule),
@@ -99,6 +95,12 @@ export async function createRuntime(
       serverUrl: serverUrl(config),
     }),
   });
+  const gateway = openGateway(config, policies.engine, {
+    live: true,
+    ownTools: [reviewApprovals(approvals)],
+    ...(opts.kinds ? { kinds: opts.kinds } : {}),
+  });
+
   const pseudonymKey = await loadOrCreateKey(
     path.join(path.dirname(config.state.file), 'pseudonym.key'),
   );

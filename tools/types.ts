@@ -1,5 +1,9 @@
 import { z } from 'zod';
-import type { ToolAnnotations } from '@modelcontextprotocol/sdk/types.js';
+import type {
+  ElicitRequestFormParams,
+  ElicitResult,
+  ToolAnnotations,
+} from '@modelcontextprotocol/sdk/types.js';
 import type { CallPart, Decision, Principal, ResolvedLimits } from '../policies/engine.js';
 import type { ColumnOrigin, Lineage } from '../policies/masking.js';
 import { GovernanceError } from '../server/kernel/errors.js';
@@ -147,6 +151,14 @@ export interface RunContext {
   limits: ResolvedLimits;
   signal: AbortSignal;
   principal: Principal;
+  /**
+   * Ask the calling client's human with an elicitation form; absent when the client did not
+   * declare the capability (a tool must then not ask, and say so).
+   */
+  elicit?: (
+    params: ElicitRequestFormParams,
+    options: { signal: AbortSignal; timeoutMs: number },
+  ) => Promise<ElicitResult>;
   /**
    * The deciding rule's id, so a limit's error text can name the rule
    * (`TIMEOUT: ... time limit of 5s (rule analysts-read)`).

@@ -94,7 +94,7 @@ export function describeApproval(a: ApprovalSummary): string {
 }
 
 /** The form an in-band approval sends: only `approve` runs the call. */
-export function approvalForm(a: ApprovalSummary): ElicitRequestFormParams {
+export function approvalForm(a: ApprovalSummary, answeringAs?: string): ElicitRequestFormParams {
   return {
     mode: 'form',
     message: [
@@ -103,6 +103,7 @@ export function approvalForm(a: ApprovalSummary): ElicitRequestFormParams {
       describeApproval(a),
       '',
       'Approve runs exactly this call, once. Anything else (deny, cancel, no answer) does not run it.',
+      ...(answeringAs !== undefined ? [`You answer as ${safe(answeringAs)}.`] : []),
     ].join('\n'),
     requestedSchema: {
       type: 'object',

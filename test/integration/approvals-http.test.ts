@@ -7,7 +7,7 @@ import path from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { ElicitRequestSchema, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse, stringify } from 'yaml';
@@ -298,6 +298,77 @@ describe.skipIf(!pgInfo.available)('out-of-band approval over HTTP', () => {
     );
     await cli(['deny', String(pending.id)], dora);
     expect((await call).structuredContent).toMatchObject({ code: 'APPROVAL_DECLINED' });
+  });
+
+  it('an approver answers in a form on its own MCP session (review_approvals); never its own request', async () => {
+    const sam = await agent('sam', ['sre']);
+    const call = sam.call(
+      'postgres_query',
+      write(`INSERT INTO canary (id, v) VALUES (9207, 'reviewed')`),
+    );
+    const dora = await mint('dora', ['dba']);
+    await pendingWith(dora, '9207');
+    const shown: string[] = [];
+    const reviewer = new Client(
+      { name: 'approver', version: '1' },
+      { capabilities: { elicitation: { form: {} } } },
+    );
+    reviewer.setRequestHandler(ElicitRequestSchema, (req) => {
+      shown.push(String(req.params.message));
+      return {
+        action: 'accept',
+        content: { decision: 'approve', reason: 'reviewed in my client' },
+      };
+    });
+    await reviewer.connect(
+      new StreamableHTTPClientTransport(server.url, {
+        requestInit: { headers: { Authorization: `Bearer ${dora}` } },
+      }),
+    );
+    clients.push(reviewer);
+    const review = (await reviewer.callTool({
+      name: 'review_approvals',
+      arguments: {},
+    })) as CallToolResult;
+    expect(review.structuredContent).toMatchObject({
+      reviewed: [{ answer: 'approve', status: 'approved' }],
+    });
+    expect(shown[0]).toContain(`│ INSERT INTO canary (id, v) VALUES (9207, 'reviewed')`);
+    expect(shown[0]).toContain('You answer as dora.');
+    expect((await call).isError).toBeFalsy();
+    expect(await value(9207)).toBe('reviewed');
+
+    // carl (sre and dba) is never shown his own request.
+    const carl = await agent('carl', ['sre', 'dba']);
+    const own = carl.call(
+      'postgres_query',
+      write(`INSERT INTO canary (id, v) VALUES (9208, 'own')`),
+    );
+    await pendingWith(dora, '9208');
+    const carlReviewer = new Client(
+      { name: 'approver', version: '1' },
+      { capabilities: { elicitation: { form: {} } } },
+    );
+    let asked = 0;
+    carlReviewer.setRequestHandler(ElicitRequestSchema, () => {
+      asked++;
+      return { action: 'accept', content: { decision: 'approve' } };
+    });
+    await carlReviewer.connect(
+      new StreamableHTTPClientTransport(server.url, {
+        requestInit: { headers: { Authorization: `Bearer ${await mint('carl', ['sre', 'dba'])}` } },
+      }),
+    );
+    clients.push(carlReviewer);
+    const none = (await carlReviewer.callTool({
+      name: 'review_approvals',
+      arguments: {},
+    })) as CallToolResult;
+    expect(none.structuredContent).toEqual({ reviewed: [], remaining: 0 });
+    expect(asked).toBe(0);
+    const pending = await pendingWith(dora, '9208');
+    await api(dora, 'POST', `/approvals/${String(pending.id)}/deny`, {});
+    expect((await own).structuredContent).toMatchObject({ code: 'APPROVAL_DECLINED' });
   });
 
   it('quorum 2 needs two different people', async () => {

@@ -85,7 +85,13 @@ describe('connecting a client to serve, as README shows', () => {
     const names = (JSON.parse(list.stdout) as { tools: Array<{ name: string }> }).tools.map(
       (t) => t.name,
     );
-    expect(names).toEqual(['list_targets', 'explain', 'await_approval', 'postgres_query']);
+    expect(names).toEqual([
+      'list_targets',
+      'explain',
+      'await_approval',
+      'review_approvals',
+      'postgres_query',
+    ]);
     const call = await run(
       process.execPath,
       [inspector, '--cli', '--method', 'tools/call', '--tool-name', 'list_targets', ...server],

@@ -500,7 +500,13 @@ describe.skipIf(!pgInfo.available)('--transport http: an OAuth resource server',
     const names = (JSON.parse(list.stdout) as { tools: Array<{ name: string }> }).tools.map(
       (t) => t.name,
     );
-    expect(names).toEqual(['list_targets', 'explain', 'await_approval', 'postgres_query']);
+    expect(names).toEqual([
+      'list_targets',
+      'explain',
+      'await_approval',
+      'review_approvals',
+      'postgres_query',
+    ]);
   });
 });
 

@@ -116,7 +116,13 @@ describe.skipIf(!pgInfo.available)('postgres_query against a real PostgreSQL', (
   it('lists governed tools with schemas and annotations', async () => {
     const { tools } = await analyst.client.listTools();
     const names = tools.map((t) => t.name).sort();
-    expect(names).toEqual(['await_approval', 'explain', 'list_targets', 'postgres_query']);
+    expect(names).toEqual([
+      'await_approval',
+      'explain',
+      'list_targets',
+      'postgres_query',
+      'review_approvals',
+    ]);
     for (const t of tools) {
       expect(t.outputSchema, t.name).toBeDefined();
       expect(t.annotations, t.name).toBeDefined();
