@@ -395,6 +395,13 @@ export function createMasker(
       const base = maskString(k, counts);
       let mk = base;
       for (let n = 2; mk !== k && Object.hasOwn(out, mk); n++) mk = `${base}#${n}`;
+      // A key a column rule names is that column inside a document ({"password": ...} in a
+      // jsonb profile, a row turned into JSON): its value is hidden whole, whatever it holds.
+      if (x !== null && x !== undefined && globs.some((g) => g.column.test(k))) {
+        counts.column = (counts.column ?? 0) + 1;
+        out[mk] = maskCell(x);
+        continue;
+      }
       out[mk] = maskDeep(x, counts, depth + 1);
     }
     return out;
@@ -463,7 +470,7 @@ export function createMasker(
             counts.column = (counts.column ?? 0) + 1;
             return maskCell(cell);
           }
-          return detectors.length > 0 ? maskDeep(cell, counts, 0) : cell;
+          return detectors.length > 0 || globs.length > 0 ? maskDeep(cell, counts, 0) : cell;
         }),
       );
       return { value, counts };

@@ -379,6 +379,29 @@ describe('maskRows', () => {
     expect(r.counts).toEqual({ email: 2 });
   });
 
+  it('a key a column rule names is hidden inside JSON at any depth, whatever its value', () => {
+    const m = masker([], 'redact', ['*.password', 'customers.ssn']);
+    const r = m.maskRows(
+      [{ name: 'profile', table: 'accounts', column: 'profile' }],
+      [
+        [{ user: 'x', password: 'hunter2', nested: [{ SSN: 123456789, ok: 1 }], pass: 'kept' }],
+        [{ password: null }],
+      ],
+    );
+    expect(r.value).toEqual([
+      [
+        {
+          user: 'x',
+          password: '[redacted:column]',
+          nested: [{ SSN: '[redacted:column]', ok: 1 }],
+          pass: 'kept',
+        },
+      ],
+      [{ password: null }],
+    ]);
+    expect(r.counts).toEqual({ column: 2 });
+  });
+
   it('leaves dates and buffers as they are', () => {
     const d = new Date(0);
     const b = Buffer.from('x');
