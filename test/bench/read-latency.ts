@@ -17,6 +17,7 @@ import { spawn } from 'node:child_process';
 import { appendFile } from 'node:fs/promises';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import pg from 'pg';
+import { createMasker } from '../../policies/masking.js';
 import { AuditLog } from '../../recordings/audit.js';
 import { loadDevIssuer } from '../../server/identity/dev-issuer.js';
 import { writeGatewayConfig } from '../helpers/gateway.js';
@@ -77,6 +78,17 @@ async function main() {
           effect: 'allow',
           mask: ['pii'],
         },
+        {
+          // The same read with no masking, for the cost of masking on a governed call.
+          id: 'bench-read-plain',
+          match: {
+            groups: ['bench-plain'],
+            tools: ['postgres_query'],
+            targets: ['app-db'],
+            operations: ['read'],
+          },
+          effect: 'allow',
+        },
       ],
       masking: { pii: { detectors: ['email', 'credit_card'], columns: ['*.password', '*.ssn'] } },
     };
@@ -109,6 +121,18 @@ async function main() {
       },
     );
     clients.push(governed);
+    const plainToken = await issuer.mint({
+      sub: 'bench-plain',
+      groups: ['bench-plain'],
+      audience: 'gatehouse',
+      ttlSec: 3600,
+    });
+    const unmasked = await mcpClient(
+      process.execPath,
+      [path.join(root, 'dist/server/cli.js'), 'serve', '--config', configFile],
+      { GATEHOUSE_TOKEN: plainToken, GATEHOUSE_LOG_LEVEL: 'warn' },
+    );
+    clients.push(unmasked);
     const require = createRequire(import.meta.url);
     const referenceBin = require.resolve('@modelcontextprotocol/server-postgres/dist/index.js');
     const url = `postgresql://${encodeURIComponent(info.reader.user)}:${encodeURIComponent(info.reader.password)}@${info.host}:${info.port}/${info.database}`;
@@ -245,6 +269,65 @@ async function main() {
     );
     await audit.close();
 
+    // Masking: a governed read of 50 customers (emails, cards, SSNs) with and without the
+    // rule's profile, then the masker alone over a 100k-row result against JSON.stringify of
+    // the same rows (the work any result does anyway), all in this run.
+    const WIDE = 'SELECT id, name, email, phone, card, ssn FROM customers ORDER BY id LIMIT 50';
+    const masking = [
+      await measure('governed 50 rows, masked', async () =>
+        check(
+          (await governed.callTool({
+            name: 'postgres_query',
+            arguments: { target: 'app-db', sql: WIDE },
+          })) as CallToolResult,
+          'masked',
+        ),
+      ),
+      await measure('governed 50 rows, no mask', async () =>
+        check(
+          (await unmasked.callTool({
+            name: 'postgres_query',
+            arguments: { target: 'app-db', sql: WIDE },
+          })) as CallToolResult,
+          'unmasked',
+        ),
+      ),
+    ];
+    const masker = createMasker(
+      [{ ...policy.masking.pii, detectors: ['email', 'credit_card', 'ssn'], style: 'redact' }],
+      {
+        pseudonymKey: new Uint8Array(32).fill(7),
+      },
+    );
+    const columns = ['id', 'name', 'email', 'card', 'ssn', 'note'].map((name) => ({
+      name,
+      table: 'customers',
+      column: name,
+    }));
+    const bigRows = Array.from({ length: 100_000 }, (_, i) => [
+      i,
+      `Customer ${i}`,
+      `customer${i}@example.com`,
+      '4111 1111 1111 1111',
+      `${String(100 + (i % 800)).padStart(3, '0')}-45-${String(1000 + (i % 9000))}`,
+      `order ${i} shipped to customer${i}@example.org, card 5500 0000 0000 0004 on file`,
+    ]);
+    const mb = Buffer.byteLength(JSON.stringify(bigRows)) / 1e6;
+    const time = (f: () => void) => {
+      const t = process.hrtime.bigint();
+      f();
+      return Number(process.hrtime.bigint() - t) / 1e9;
+    };
+    time(() => masker.maskRows(columns, bigRows.slice(0, 5_000))); // warm-up
+    const maskS = Math.min(
+      time(() => masker.maskRows(columns, bigRows)),
+      time(() => masker.maskRows(columns, bigRows)),
+    );
+    const jsonS = Math.min(
+      time(() => JSON.stringify(bigRows)),
+      time(() => JSON.stringify(bigRows)),
+    );
+
     const [bareR, refR, govR, httpR] = results as [
       (typeof results)[0],
       (typeof results)[0],
@@ -270,6 +353,16 @@ async function main() {
     process.stdout.write(`\nwhere the governed time goes (same run)\n`);
     for (const r of context)
       process.stdout.write(`${r.name.padEnd(32)}${fmt(r.p50)} ${fmt(r.p99)}\n`);
+    const [maskedR, plainR] = masking as [(typeof masking)[0], (typeof masking)[0]];
+    process.stdout.write(`\nmasking (same run)\n`);
+    for (const r of masking)
+      process.stdout.write(`${r.name.padEnd(32)}${fmt(r.p50)} ${fmt(r.p99)}\n`);
+    process.stdout.write(
+      `masked / unmasked governed read: p50 ${(maskedR.p50 / plainR.p50).toFixed(2)}x, p99 ${(maskedR.p99 / plainR.p99).toFixed(2)}x\n` +
+        `masker, 100k rows (${mb.toFixed(1)} MB as JSON): ${(mb / maskS).toFixed(1)} MB/s ` +
+        `(${maskS.toFixed(2)} s); JSON.stringify of the same rows: ${(mb / jsonS).toFixed(1)} MB/s; ` +
+        `masking / stringify ${(maskS / jsonS).toFixed(1)}x\n`,
+    );
   } finally {
     await Promise.allSettled(clients.map((c) => c.close()));
     stopHttp();
