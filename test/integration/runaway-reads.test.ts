@@ -161,9 +161,11 @@ describe.skipIf(!pgInfo.available)('#6.4 runaway reads through the gateway', () 
     // The sampler saw the reads run, and never more at once than the pool has slots.
     expect(maxActive).toBeGreaterThanOrEqual(1);
     expect(maxActive).toBeLessThanOrEqual(2);
-    // Two waited for slots freed only once the first two backends had gone.
+    // Two waited for slots freed only once the first two backends had gone: had they run at
+    // once they would have timed out with the first, within the 1 s limit of it. (How much
+    // longer they waited depends on how fast this machine runs the XPath.)
     durations.sort((a, b) => a - b);
-    expect(durations[3]! - durations[0]!).toBeGreaterThan(2_000);
+    expect(durations[3]! - durations[0]!).toBeGreaterThan(1_000);
     console.info(
       `#6.4: answers after ${durations.join(', ')} ms; at most ${maxActive} busy backends`,
     );
