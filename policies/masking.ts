@@ -55,6 +55,13 @@ export interface Lineage {
   /** A whole row used as a value in the result (`row_to_json(u)`, `u::text`, `json_agg(u)`). */
   wholeRow: boolean;
   wholeRowInConditions: boolean;
+  /**
+   * Per result column, when the statement lets each be told apart (a plain SELECT without
+   * `*`): what that column is computed from. With `inner`, what the derived relations it
+   * reads from (subqueries, functions in FROM, CTEs) put out, which any column may carry.
+   */
+  columns?: Array<{ output: SourceRef[]; wholeRow: boolean }>;
+  inner?: { output: SourceRef[]; wholeRow: boolean };
 }
 
 export interface MaskResult<T> {
@@ -431,9 +438,19 @@ export function createMasker(
   };
 
   const masked = (ref: SourceRef) => globs.some((g) => g.column.test(ref.column));
-  /** A computed value derives from a masked column: hidden whole (the lineage is per statement). */
-  const derivesMasked = (lineage: Lineage | undefined) =>
-    lineage !== undefined && globs.length > 0 && (lineage.wholeRow || lineage.output.some(masked));
+  const touchesMasked = (l: { output: SourceRef[]; wholeRow: boolean }) =>
+    l.wholeRow || l.output.some(masked);
+  /**
+   * Does computed result column `i` derive from a masked column (it is then hidden whole)?
+   * Per column where the statement lets columns be told apart and its derived relations put
+   * out nothing masked; else for the statement as a whole.
+   */
+  const derivesMasked = (lineage: Lineage | undefined, i: number): boolean => {
+    if (lineage === undefined || globs.length === 0) return false;
+    const own = lineage.columns?.[i];
+    if (own && lineage.inner && !touchesMasked(lineage.inner)) return touchesMasked(own);
+    return touchesMasked(lineage);
+  };
 
   return {
     active,
@@ -456,12 +473,11 @@ export function createMasker(
     maskRows(columns, rows, lineage) {
       const counts: Record<string, number> = {};
       if (!active) return { value: rows, counts };
-      const derived = derivesMasked(lineage);
       const hidden = columns.map(
-        (c) =>
+        (c, i) =>
           globs.length > 0 &&
           (columnMatches(globs, c) ||
-            (derived && (c.table === undefined || c.column === undefined))),
+            ((c.table === undefined || c.column === undefined) && derivesMasked(lineage, i))),
       );
       const value = rows.map((row) =>
         row.map((cell, i) => {

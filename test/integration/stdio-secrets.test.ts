@@ -31,7 +31,10 @@ const policy = {
     },
     { id: 'no-ddl', match: { operations: ['ddl'] }, effect: 'deny' },
   ],
-  masking: { pii: { detectors: ['email', 'credit_card'], columns: ['*.password'] } },
+  // Pseudonyms, so the run uses the pseudonym key (a secret of its own, beside the state).
+  masking: {
+    pii: { detectors: ['email', 'credit_card'], columns: ['*.password'], style: 'pseudonym' },
+  },
 };
 
 /**
@@ -126,18 +129,40 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
     expect(audit.length).toBeGreaterThan(0);
     expect(recordings.length).toBeGreaterThan(0);
     expect(stderr).toContain('serving MCP over stdio');
-    const everything = { results: JSON.stringify(results), stderr, audit, recordings };
+    const everything: Record<string, string> = {
+      results: JSON.stringify(results),
+      stderr,
+      audit,
+      recordings,
+    };
+    // Every other file the run wrote (state, config, policy), but the key files themselves.
+    for (const f of await readdir(dir, { recursive: true })) {
+      const file = path.join(dir, f);
+      if (f === 'pseudonym.key' || f === 'dev-issuer.json') continue;
+      try {
+        everything[f] = await readFile(file, 'utf8');
+      } catch {
+        // a folder
+      }
+    }
     expect(clientErrors).toEqual([]);
+    const key = (await readFile(path.join(dir, 'pseudonym.key'), 'utf8')).trim();
+    expect(key).toMatch(/^[0-9a-f]{64}$/);
     for (const secret of [
       pgInfo.reader.password,
       pgInfo.writer.password,
       pgInfo.superuser.password,
       // The wrong password app-db-badpw is configured with is a secret too.
       'not-the-password',
+      key,
+      key.slice(0, 32),
+      Buffer.from(key, 'hex').toString('base64'),
     ]) {
       for (const [where, text] of Object.entries(everything))
-        expect(text.includes(secret), `${where} leaks a password`).toBe(false);
+        expect(text.includes(secret), `${where} leaks a secret`).toBe(false);
     }
+    // The pseudonyms were made with it.
+    expect(JSON.stringify(results)).toMatch(/email_[0-9a-f]{8}/);
   });
 
   it('gatehouse audit verify passes on that log, and fails on an edited or torn line', async () => {

@@ -48,6 +48,45 @@ const NEUTRAL_KEYS = new Set(['groupClause', 'distinctClause']);
 export function statementLineage(stmts: readonly unknown[]): Lineage {
   const relations = new Set<string>();
   collectRelations(stmts, relations);
+  const whole = collect(stmts, relations);
+  const columns = perColumn(stmts, relations);
+  return columns ? { ...whole, ...columns } : whole;
+}
+
+/**
+ * For a plain SELECT whose select list has no `*` (so result column i is select-list item i),
+ * what each result column is computed from, and what the derived relations it reads from
+ * (subqueries and functions in FROM, CTEs) put out. Undefined for anything else (set
+ * operations, VALUES, `*`, writes): masking then goes by the statement as a whole.
+ */
+function perColumn(
+  stmts: readonly unknown[],
+  relations: ReadonlySet<string>,
+): Pick<Lineage, 'columns' | 'inner'> | undefined {
+  if (stmts.length !== 1) return undefined;
+  const only = stmts[0];
+  const select = isObj(only) && isObj(only.SelectStmt) ? only.SelectStmt : undefined;
+  if (!select || select.larg !== undefined || !Array.isArray(select.targetList)) return undefined;
+  const items = select.targetList.map((t) =>
+    isObj(t) && isObj(t.ResTarget) ? t.ResTarget : undefined,
+  );
+  const star = (v: unknown) =>
+    isObj(v) &&
+    isObj(v.ColumnRef) &&
+    Array.isArray(v.ColumnRef.fields) &&
+    v.ColumnRef.fields.some((f) => isObj(f) && f.A_Star !== undefined);
+  if (items.length === 0 || items.some((t) => t === undefined || star(t.val))) return undefined;
+  const inner = collect([select.fromClause ?? [], select.withClause ?? []], relations);
+  return {
+    columns: items.map((t) => {
+      const l = collect([t!.val], relations);
+      return { output: l.output, wholeRow: l.wholeRow };
+    }),
+    inner: { output: inner.output, wholeRow: inner.wholeRow },
+  };
+}
+
+function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lineage {
   const out: Lineage = { output: [], conditions: [], wholeRow: false, wholeRowInConditions: false };
   const seen = { output: new Set<string>(), conditions: new Set<string>() };
   const add = (ctx: Ctx, ref: SourceRef) => {
