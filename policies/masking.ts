@@ -191,10 +191,12 @@ const DETECTORS: Record<Detector, DetectorImpl> = {
   credit_card: {
     maybe: (t) => /\d{4}/.test(t),
     // 13-19 digits, contiguous or grouped 4-4-4-4(-3), 4-6-5 (Amex) or 4-6-4 (Diners), with one
-    // consistent separator. Stray digit runs (order numbers, hashes, ids inside words) are
-    // refused by the alphanumeric boundaries, the Luhn check and the issuer prefix.
+    // consistent separator. Only digits bound it: a letter glued on (`x4111111111111111`,
+    // `4111111111111111a`) must not hide a card, so stray digit runs (order numbers, ids) are
+    // refused by the Luhn check and the issuer prefix instead, and a hash that passes both is
+    // masked: a false positive costs a value, a false negative leaks one.
     pattern:
-      /(?<![A-Za-z0-9])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1(?:\d{4}(?:\1\d{1,3})?|\d{1,3})|\d{4}([ -])\d{6}\2\d{4,5})(?![A-Za-z0-9])/g,
+      /(?<!\d)(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1(?:\d{4}(?:\1\d{1,3})?|\d{1,3})|\d{4}([ -])\d{6}\2\d{4,5})(?!\d)/g,
     valid: (m) => {
       const d = digitsOf(m);
       // Issuers: 2 (Mastercard 2-series, Mir), 3 (Amex, Diners, JCB), 4 (Visa), 5 (Mastercard,
@@ -207,7 +209,8 @@ const DETECTORS: Record<Detector, DetectorImpl> = {
   },
   ssn: {
     maybe: (t) => t.includes('-'),
-    pattern: /(?<![A-Za-z0-9-])\d{3}-\d{2}-\d{4}(?![A-Za-z0-9-])/g,
+    // Digits and dashes bound it, not letters: `x123-45-6789` is still an SSN.
+    pattern: /(?<![0-9-])\d{3}-\d{2}-\d{4}(?![0-9-])/g,
     valid: (m) => {
       const [area = '', group = '', serial = ''] = m.split('-');
       // Never issued: area 000, 666, 900-999; group 00; serial 0000.
