@@ -261,6 +261,19 @@ const ORDER: readonly Detector[] = [
   'phone',
 ];
 
+/**
+ * Which detectors find at least one valid value in `text` (for discovery: what a column
+ * holds, not how to mask it).
+ */
+export function detectIn(text: string, only: readonly Detector[] = ORDER): Detector[] {
+  return ORDER.filter((d) => {
+    if (!only.includes(d)) return false;
+    const impl = DETECTORS[d];
+    if (!impl.maybe(text)) return false;
+    return (text.match(impl.pattern) ?? []).some((m) => impl.valid(m));
+  });
+}
+
 // The same patterns anchored to a whole value, for cells hidden by a column rule.
 const WHOLE = Object.fromEntries(
   ORDER.map((d) => [d, new RegExp(`^(?:${DETECTORS[d].pattern.source})$`)]),

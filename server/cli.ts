@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { AuditIntegrityError } from '../recordings/audit.js';
 import { approvals } from './cli/approvals.js';
+import { masking } from './cli/masking.js';
 import { audit } from './cli/audit.js';
 import { dispatch, UsageError, type Program } from './cli/command.js';
 import { policy } from './cli/policy.js';
@@ -27,7 +28,7 @@ const gatehouse: Program = {
         version: string;
       }
     ).version,
-  entries: [serve, demo, token, policy, targets, audit, recordings, approvals],
+  entries: [serve, demo, token, policy, targets, masking, audit, recordings, approvals],
   notes: [
     'gatehouse approvals talks to a running HTTP server (serve --transport http) with your own token.',
   ],

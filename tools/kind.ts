@@ -1,3 +1,4 @@
+import type { Detector } from '../policies/masking.js';
 import type { z } from 'zod';
 import type { SecretRef } from '../server/kernel/secrets.js';
 import type { RegisteredTool } from './types.js';
@@ -47,7 +48,27 @@ export interface KindInstance<C extends TargetBase> {
   readonly tools: readonly RegisteredTool[];
   /** `gatehouse targets check`: what works, and warnings about powerful credentials. */
   check(target: C): Promise<CheckLine[]>;
+  /** `gatehouse masking discover`: sample the target's columns for PII (kinds that hold data). */
+  discover?(target: C, opts: { sample: number }): Promise<Discovery>;
   close(): Promise<void>;
+}
+
+/** A column whose sampled values a detector recognises (`gatehouse masking discover`). */
+export interface DiscoveredColumn {
+  schema: string;
+  table: string;
+  column: string;
+  type: string;
+  /** The detector with the most finds, and how many of the sampled non-null values it found. */
+  detector: Detector;
+  hits: number;
+  sampled: number;
+}
+
+export interface Discovery {
+  tables: number;
+  columns: number;
+  found: DiscoveredColumn[];
 }
 
 export interface CheckLine {

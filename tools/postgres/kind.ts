@@ -6,6 +6,7 @@ import type { TargetKind } from '../kind.js';
 import { bindTool } from '../types.js';
 import { CatalogSource } from './catalog.js';
 import { checkPostgresTarget } from './check.js';
+import { discoverPostgres } from './discover.js';
 import { postgresQueryTool } from './definition.js';
 import { PostgresExecutor } from './executor.js';
 import { PostgresPools, type ResolvedPostgresTarget } from './pool.js';
@@ -89,6 +90,11 @@ export const postgresKind: TargetKind<PostgresTargetConfig> = {
       async check(t) {
         const target = await resolve(t.name);
         return target ? checkPostgresTarget(target) : [];
+      },
+      async discover(t, opts) {
+        const target = await resolve(t.name);
+        if (!target) throw new Error(`no postgres target named ${t.name}`);
+        return discoverPostgres(target, opts);
       },
       close: () => pools.closeAll(),
     };
