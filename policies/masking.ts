@@ -353,6 +353,20 @@ function columnMatches(globs: readonly ColumnGlob[], origin: ColumnOrigin): bool
   return globs.some((g) => g.column.test(origin.name));
 }
 
+/**
+ * Why a statement with this lineage must not run under these profiles (a condition on a
+ * masked column), or undefined. The policy decision point asks this, so the call, `explain`
+ * and `policy explain/test` give the same answer.
+ */
+export function maskingConditionLeak(
+  profiles: readonly MaskProfile[],
+  lineage: Lineage,
+): string | undefined {
+  if (profiles.length === 0) return undefined;
+  // The key only makes pseudonyms; conditions do not use it.
+  return createMasker(profiles, { pseudonymKey: new Uint8Array(16) }).conditionLeak(lineage);
+}
+
 export function createMasker(
   profiles: readonly MaskProfile[],
   opts: { pseudonymKey: Uint8Array },

@@ -4,6 +4,7 @@ import {
   type PolicyEngine,
   type Principal,
 } from '../policies/engine.js';
+import { maskingConditionLeak, type MaskProfile } from '../policies/masking.js';
 import type { ToolRegistry } from '../tools/registry.js';
 import type {
   CallDescription,
@@ -28,6 +29,8 @@ export class DecisionPoint {
     private readonly laterTools: ReadonlySet<string>,
     /** The kind of a configured target, by name (undefined: no such target). */
     private readonly kindOf: (target: string) => string | undefined,
+    /** The policies' masking profiles, by name: a rule that masks refuses conditions on them. */
+    private readonly profiles: Readonly<Record<string, MaskProfile>> = {},
   ) {}
 
   /** The tool by name; INVALID_INPUT for an unknown one, or one this release does not serve. */
@@ -72,15 +75,36 @@ export class DecisionPoint {
     return described;
   }
 
-  /** Policy's answer for a described call. */
+  /**
+   * Policy's answer for a described call. A call the rules let through under masking that
+   * filters, joins or orders on a masked column is denied by that rule: masking hides values
+   * in the result, and a condition on one reveals it anyway, one question at a time
+   * (`WHERE password LIKE 'a%'`).
+   */
   decide(principal: Principal, tool: RegisteredTool, description: CallDescription): Decision {
     if (tool.decidedBy === 'builtin') return builtinDecision(tool.name);
-    return this.engine.decide({
+    const decision = this.engine.decide({
       principal,
       tool: tool.name,
       target: description.target,
       parts: description.parts,
     });
+    if (decision.effect === 'deny' || decision.mask.length === 0 || !description.lineage) {
+      return decision;
+    }
+    const profiles = decision.mask.flatMap((n) => {
+      const p = Object.hasOwn(this.profiles, n) ? this.profiles[n] : undefined;
+      return p ? [p] : [];
+    });
+    const leak = maskingConditionLeak(profiles, description.lineage);
+    if (!leak) return decision;
+    return {
+      ...decision,
+      effect: 'deny',
+      reason:
+        `the statement filters, joins or orders on ${leak}, which reveals it bit by bit ` +
+        'whatever the result shows (the rule masks it)',
+    };
   }
 
   /** All of it at once: what explain, `policy explain` and `policy test` ask. */

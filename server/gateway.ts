@@ -6,6 +6,7 @@ import type { KindEnv, TargetBase, TargetKind } from '../tools/kind.js';
 import { TARGET_KINDS } from '../tools/kinds.js';
 import { listTargetsTool } from '../tools/list_targets/definition.js';
 import { openKinds, type OpenKinds } from '../tools/registry.js';
+import type { MaskProfile } from '../policies/masking.js';
 import { bindTool, type GatewayView, type RegisteredTool } from '../tools/types.js';
 import type { GatehouseConfig, TargetConfig } from './config.js';
 import { DecisionPoint } from './decide.js';
@@ -55,6 +56,8 @@ export function openGateway(
     kinds?: readonly TargetKind[];
     /** More gateway tools of a running server (review_approvals, on its approvals). */
     ownTools?: readonly RegisteredTool[];
+    /** The policies' masking profiles (decisions refuse conditions on masked columns). */
+    profiles?: Readonly<Record<string, MaskProfile>>;
   },
 ): Gateway {
   const kinds = opts.kinds ?? TARGET_KINDS;
@@ -85,8 +88,12 @@ export function openGateway(
     bindTool(awaitApprovalTool, { ...own, resolve: async () => ({ target: null, secrets: [] }) }),
     ...(opts.ownTools ?? []),
   ]);
-  const decisions = new DecisionPoint(opened.tools, engine, opened.laterTools, (name) =>
-    Object.hasOwn(config.targets, name) ? config.targets[name]?.kind : undefined,
+  const decisions = new DecisionPoint(
+    opened.tools,
+    engine,
+    opened.laterTools,
+    (name) => (Object.hasOwn(config.targets, name) ? config.targets[name]?.kind : undefined),
+    opts.profiles,
   );
   built.decisions = decisions;
   return { ...opened, decisions };

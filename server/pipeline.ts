@@ -322,20 +322,6 @@ async function approve(c: Decided): Promise<Approved> {
   }
   const refusal = c.described.description.refusal;
   if (refusal) throw new GovernanceError('INVALID_INPUT', refusal);
-  const lineage = c.described.description.lineage;
-  if (lineage && decision.mask.length > 0) {
-    // Masking hides values in the result; a condition on a masked column reveals it anyway,
-    // one question at a time (`WHERE password LIKE 'a%'`). Refused before anything runs.
-    const leak = c.rt.maskerFor(decision.mask).conditionLeak(lineage);
-    if (leak) {
-      throw new GovernanceError(
-        'DENIED',
-        `the statement filters, joins or orders on ${leak}, which reveals it bit by bit ` +
-          `whatever the result shows (the rule masks it)`,
-        { rule: decision.rule },
-      );
-    }
-  }
   if (decision.effect === 'allow') return { ...c, stage: 'approved' };
   const rule = decision.approval;
   if (!rule) {

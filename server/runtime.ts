@@ -97,6 +97,7 @@ export async function createRuntime(
   });
   const gateway = openGateway(config, policies.engine, {
     live: true,
+    profiles: policies.profiles,
     ownTools: [reviewApprovals(approvals)],
     ...(opts.kinds ? { kinds: opts.kinds } : {}),
   });

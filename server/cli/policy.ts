@@ -39,7 +39,10 @@ type Decide = (
  * connect to a target.
  */
 function decider(config: GatehouseConfig, policies: PolicySet): Decide {
-  const { decisions } = openGateway(config, policies.engine, { live: false });
+  const { decisions } = openGateway(config, policies.engine, {
+    live: false,
+    profiles: policies.profiles,
+  });
   return async (principal, call) =>
     explainOutput(await decisions.call(principal, call.tool, call.input, 'input'));
 }

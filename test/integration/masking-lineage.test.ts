@@ -185,6 +185,20 @@ describe.skipIf(!pgInfo.available)('masking follows the data through expressions
     );
   });
 
+  it('explain gives the same answer as the call (one decision point)', async () => {
+    const r = await analyst.call('explain', {
+      tool: 'postgres_query',
+      input: { target: 'app-db', sql: 'SELECT id FROM users ORDER BY password' },
+    });
+    expect(r.structuredContent).toMatchObject({
+      effect: 'deny',
+      rule: 'analysts-read',
+      reason: expect.stringMatching(
+        /^the statement filters, joins or orders on masked column password/,
+      ) as unknown,
+    });
+  });
+
   it('an error that could quote a masked value is withheld', async () => {
     const r = await analyst.call('postgres_query', {
       target: 'app-db',
