@@ -28,6 +28,8 @@ export interface MaskProfile {
   /** Globs `table.column` or `schema.table.column` (or a bare `column`); `*` and `?` wildcards, case-insensitive. */
   columns: string[];
   style: MaskStyle;
+  /** Add the columns discovery finds on the call's target to `columns` (server/discovery.ts). */
+  discover?: boolean;
 }
 
 export interface ColumnOrigin {

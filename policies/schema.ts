@@ -129,6 +129,11 @@ export const MaskProfileSchema = z.strictObject({
   detectors: z.array(Detector).default([]),
   columns: z.array(z.string().min(1)).default([]),
   style: z.enum(['redact', 'partial', 'pseudonym']).default('redact'),
+  /**
+   * Also treat as column rules the columns `gatehouse masking discover` finds on the call's
+   * target (sampled once per target, then every few minutes), so lineage follows them too.
+   */
+  discover: z.boolean().default(false),
 });
 
 export const PolicyTest = z.strictObject({

@@ -13,6 +13,7 @@ import type {
   ParsedCall,
   RegisteredTool,
 } from '../tools/types.js';
+import type { DiscoveredColumns } from './discovery.js';
 import { GovernanceError } from './kernel/errors.js';
 import { head } from './kernel/text.js';
 
@@ -31,7 +32,19 @@ export class DecisionPoint {
     private readonly kindOf: (target: string) => string | undefined,
     /** The policies' masking profiles, by name: a rule that masks refuses conditions on them. */
     private readonly profiles: Readonly<Record<string, MaskProfile>> = {},
+    /** The PII columns found per target, for profiles with `discover: true` (live gateways). */
+    private readonly discovery?: DiscoveredColumns,
   ) {}
+
+  /** The profiles a decision names, with the columns discovery found on the target added. */
+  profilesFor(names: readonly string[], target: string | null): MaskProfile[] {
+    return names.flatMap((n) => {
+      const p = Object.hasOwn(this.profiles, n) ? this.profiles[n] : undefined;
+      if (!p) return [];
+      if (!p.discover || !this.discovery || target === null) return [p];
+      return [{ ...p, columns: [...p.columns, ...this.discovery.columns(target)] }];
+    });
+  }
 
   /** The tool by name; INVALID_INPUT for an unknown one, or one this release does not serve. */
   find(name: string): RegisteredTool {
@@ -58,6 +71,9 @@ export class DecisionPoint {
   async describe(tool: RegisteredTool, parsed: ParsedCall): Promise<DescribedCall> {
     const described = await parsed.describe();
     const target = described.description.target;
+    if (this.discovery && tool.targetKind !== null && target !== null && this.kindOf(target)) {
+      await this.discovery.warm(target);
+    }
     if (tool.targetKind !== null && target !== null) {
       const kind = this.kindOf(target);
       // The name as the caller sent it, made well-formed (the text reaches the audit chain).
@@ -92,10 +108,7 @@ export class DecisionPoint {
     if (decision.effect === 'deny' || decision.mask.length === 0 || !description.lineage) {
       return decision;
     }
-    const profiles = decision.mask.flatMap((n) => {
-      const p = Object.hasOwn(this.profiles, n) ? this.profiles[n] : undefined;
-      return p ? [p] : [];
-    });
+    const profiles = this.profilesFor(decision.mask, description.target);
     const leak = maskingConditionLeak(profiles, description.lineage);
     if (!leak) return decision;
     return {

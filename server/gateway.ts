@@ -7,6 +7,7 @@ import { TARGET_KINDS } from '../tools/kinds.js';
 import { listTargetsTool } from '../tools/list_targets/definition.js';
 import { openKinds, type OpenKinds } from '../tools/registry.js';
 import type { MaskProfile } from '../policies/masking.js';
+import { DiscoveredColumns } from './discovery.js';
 import { bindTool, type GatewayView, type RegisteredTool } from '../tools/types.js';
 import type { GatehouseConfig, TargetConfig } from './config.js';
 import { DecisionPoint } from './decide.js';
@@ -88,12 +89,22 @@ export function openGateway(
     bindTool(awaitApprovalTool, { ...own, resolve: async () => ({ target: null, secrets: [] }) }),
     ...(opts.ownTools ?? []),
   ]);
+  // Profiles with `discover: true` need each target's PII columns, sampled by its kind.
+  const discovery =
+    opts.live && Object.values(opts.profiles ?? {}).some((p) => p.discover)
+      ? new DiscoveredColumns(async (name) => {
+          const t = Object.hasOwn(config.targets, name) ? config.targets[name] : undefined;
+          const kind = t && opened.kinds.get(t.kind);
+          return t && kind?.instance.discover?.(t, { sample: 200 });
+        })
+      : undefined;
   const decisions = new DecisionPoint(
     opened.tools,
     engine,
     opened.laterTools,
     (name) => (Object.hasOwn(config.targets, name) ? config.targets[name]?.kind : undefined),
     opts.profiles,
+    discovery,
   );
   built.decisions = decisions;
   return { ...opened, decisions };

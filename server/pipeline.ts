@@ -526,7 +526,7 @@ async function execute(c: Connected): Promise<Executed> {
 
 /** What the agent may see: the rule's masking profiles over target data, and the byte limit. */
 function mask(c: Executed): Masked {
-  const masker = c.rt.maskerFor(c.decision.mask);
+  const masker = c.rt.maskerFor(c.decision.mask, c.described.description.target);
   const output = c.output;
   switch (output.kind) {
     case 'rows': {
@@ -632,7 +632,9 @@ function errorResult(c: Reached, err: GovernanceError): CallToolResult {
     // A target's own error text can quote row values: it passes through masking like a result,
     // and reaches the text only inside a fence (`invalid input syntax for type integer: "…"`
     // quotes a stored value, which can hold a forged fence-close and instructions).
-    const masker = hasDecision(c) ? c.rt.maskerFor(c.decision.mask) : undefined;
+    const masker = hasDecision(c)
+      ? c.rt.maskerFor(c.decision.mask, c.described.description.target)
+      : undefined;
     const mask = (s: string) => (masker ? masker.maskText(s).value : s);
     reason = mask(err.message);
     const untrusted = targetText(err);

@@ -37,7 +37,8 @@ export interface Runtime {
   readonly decisions: DecisionPoint;
   /** Approvals and grants, in the state every process of the deployment shares. */
   readonly approvals: ApprovalService;
-  maskerFor(profiles: readonly string[]): Masker;
+  /** The masker for a decision's profiles on a target (discovered columns included). */
+  maskerFor(profiles: readonly string[], target?: string | null): Masker;
   /** Close the kinds' connections, the approvals' state, then the audit log. */
   close(): Promise<void>;
 }
@@ -115,22 +116,20 @@ export async function createRuntime(
     tools: gateway.tools,
     decisions: gateway.decisions,
     approvals,
-    maskerFor(names) {
-      const key = [...names].sort().join('\0');
+    maskerFor(names, target = null) {
+      for (const n of names) {
+        // loadPolicies already refused unknown profile names; this is a bug guard.
+        if (!Object.hasOwn(policies.profiles, n)) {
+          throw new GovernanceError('INTERNAL', 'masking profile missing', { cause: new Error(n) });
+        }
+      }
+      const profiles = gateway.decisions.profilesFor(names, target);
+      // Discovered columns make a masker per target (and per answer of discovery).
+      const key = JSON.stringify([[...names].sort(), profiles.map((p) => p.columns)]);
       let m = maskers.get(key);
       if (!m) {
-        m = createMasker(
-          names.map((n) => {
-            const profile = policies.profiles[n];
-            // loadPolicies already refused unknown profile names; this is a bug guard.
-            if (!profile)
-              throw new GovernanceError('INTERNAL', 'masking profile missing', {
-                cause: new Error(n),
-              });
-            return profile;
-          }),
-          { pseudonymKey },
-        );
+        m = createMasker(profiles, { pseudonymKey });
+        if (maskers.size > 256) maskers.clear();
         maskers.set(key, m);
       }
       return m;
