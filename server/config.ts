@@ -82,21 +82,7 @@ const NotificationsSchema = z.strictObject({
   /** POSTed a JSON message when an approval is requested and when it is answered. */
   webhook: z
     .strictObject({
-      url: z.string().superRefine((s, ctx) => {
-        let u: URL;
-        try {
-          u = new URL(s);
-        } catch {
-          ctx.addIssue({ code: 'custom', message: `not a URL: ${JSON.stringify(s)}` });
-          return;
-        }
-        if (u.protocol !== 'https:' && !(u.protocol === 'http:' && isLoopbackHost(u.hostname))) {
-          ctx.addIssue({
-            code: 'custom',
-            message: 'must be https (http only for a loopback host)',
-          });
-        }
-      }),
+      url: httpsUrl({ query: true }),
       /** HMAC-SHA256 key: each POST carries `X-Gatehouse-Signature`. */
       secret: SecretRef.optional(),
       timeout: Duration.default(5_000),
@@ -135,20 +121,28 @@ const Listen = z.string().refine((s) => parseListen(s) !== undefined, {
  * An https URL (http only for a loopback host: tests, a local proxy), without query or
  * fragment: a resource identifier (RFC 9728 section 1.2, RFC 8707 section 2) or an issuer.
  */
-const HttpsUrl = z.string().superRefine((s, ctx) => {
-  let u: URL;
-  try {
-    u = new URL(s);
-  } catch {
-    ctx.addIssue({ code: 'custom', message: `not a URL: ${JSON.stringify(s)}` });
-    return;
-  }
-  if (u.protocol !== 'https:' && !(u.protocol === 'http:' && isLoopbackHost(u.hostname))) {
-    ctx.addIssue({ code: 'custom', message: 'must be https (http only for a loopback host)' });
-  } else if (u.search || u.hash || s.includes('#')) {
-    ctx.addIssue({ code: 'custom', message: 'must not have a query or a fragment' });
-  }
-});
+const HttpsUrl = httpsUrl({ query: false });
+
+/** An https URL (http only for a loopback host); `query: true` allows a query string. */
+function httpsUrl(opts: { query: boolean }) {
+  return z.string().superRefine((s, ctx) => {
+    let u: URL;
+    try {
+      u = new URL(s);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `not a URL: ${JSON.stringify(s)}` });
+      return;
+    }
+    if (u.protocol !== 'https:' && !(u.protocol === 'http:' && isLoopbackHost(u.hostname))) {
+      ctx.addIssue({ code: 'custom', message: 'must be https (http only for a loopback host)' });
+    } else if ((!opts.query && u.search) || u.hash || s.includes('#')) {
+      ctx.addIssue({
+        code: 'custom',
+        message: opts.query ? 'must not have a fragment' : 'must not have a query or a fragment',
+      });
+    }
+  });
+}
 
 /** A browser origin: scheme://host[:port], exactly as browsers send it in `Origin`. */
 const Origin = z.string().superRefine((s, ctx) => {

@@ -20,6 +20,7 @@ import {
   type Resource,
 } from './http/auth.js';
 import { isApprovalsPath, serveApprovals } from './http/approvals.js';
+import { sendJson } from './http/respond.js';
 import { CallLimiter, type Refused } from './http/limits.js';
 import type { Identity } from './identity/identity.js';
 import { ConfigError } from './kernel/errors.js';
@@ -247,7 +248,7 @@ export class HttpGateway {
     }
     if (path === '/healthz') {
       if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(res, 'GET, HEAD');
-      return json(res, 200, { status: 'ok' });
+      return sendJson(res, 200, { status: 'ok' });
     }
     if (!this.hostAllowed(req)) {
       writeRpcError(
@@ -267,7 +268,7 @@ export class HttpGateway {
       res.setHeader('Access-Control-Allow-Origin', '*');
       if (req.method === 'OPTIONS') return preflight(res, 'GET, OPTIONS');
       if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(res, 'GET');
-      return json(res, 200, this.resource.metadata);
+      return sendJson(res, 200, this.resource.metadata);
     }
     const approvalsApi = isApprovalsPath(path);
     if (path !== MCP_PATH && path !== SSE_PATH && path !== MESSAGES_PATH && !approvalsApi) {
@@ -634,16 +635,6 @@ export class HttpGateway {
     await Promise.allSettled([...this.ending].map((s) => closeRecording(s)));
     this.ending.clear();
   }
-}
-
-function json(res: ServerResponse, status: number, value: unknown): void {
-  const body = JSON.stringify(value);
-  res.writeHead(status, {
-    'Content-Type': 'application/json',
-    'Content-Length': Buffer.byteLength(body),
-    'Cache-Control': 'no-store',
-  });
-  res.end(body);
 }
 
 function methodNotAllowed(res: ServerResponse, allow: string): void {

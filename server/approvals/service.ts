@@ -558,7 +558,10 @@ export function policyVersion(rules: unknown, profiles: unknown): string {
 
 export type AuditApproval = NonNullable<AuditRecord['approval']>;
 
-function callAudit(call: CallToApprove, approval: AuditApproval): AuditRecord {
+/** What an approval line says of the call it is about. */
+type AuditedCall = Omit<CallToApprove, 'args' | 'approval'>;
+
+function callAudit(call: AuditedCall, approval: AuditApproval): AuditRecord {
   return {
     kind: 'approval',
     callId: call.callId,
@@ -578,22 +581,22 @@ function callAudit(call: CallToApprove, approval: AuditApproval): AuditRecord {
   };
 }
 
+/** An approval line from the stored record: the same call, as it was requested. */
 function recordAudit(rec: ApprovalRecord, approval: AuditApproval): AuditRecord {
-  return {
-    kind: 'approval',
-    callId: rec.callId,
-    session: rec.session,
-    sub: rec.requester.sub,
-    groups: [...rec.requester.groups],
-    tool: rec.tool,
-    target: rec.target,
-    operation: rec.operation,
-    input: rec.input,
-    decision: { effect: 'approve', rule: rec.rule, reason: rec.ruleReason },
+  return callAudit(
+    {
+      requester: rec.requester,
+      session: rec.session,
+      callId: rec.callId,
+      tool: rec.tool,
+      target: rec.target,
+      operation: rec.operation,
+      input: rec.input,
+      rule: rec.rule,
+      ruleReason: rec.ruleReason,
+      ...(rec.purpose !== undefined ? { purpose: rec.purpose } : {}),
+      ...(rec.trace !== undefined ? { trace: rec.trace } : {}),
+    },
     approval,
-    ...(rec.purpose !== undefined ? { reason: rec.purpose } : {}),
-    ...(rec.trace !== undefined ? { trace: rec.trace } : {}),
-    outcome: null,
-    masked: null,
-  };
+  );
 }

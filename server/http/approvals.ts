@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { ApprovalRefused, type ApprovalService, type Person } from '../approvals/service.js';
 import type { ApprovalRecord, GrantRecord } from '../approvals/types.js';
 import { log } from '../kernel/log.js';
+import { sendJson } from './respond.js';
 
 /**
  * The approvers' API (what `gatehouse approvals` calls), beside MCP on the HTTP server:
@@ -52,14 +53,14 @@ export async function serveApprovals(
       if (parts.length === 1) {
         if (req.method !== 'GET') return notAllowed(res, 'GET');
         const list = await approvals.visibleTo(who);
-        return send(res, 200, { approvals: list.map((r) => approvalView(r, r.mayAnswer)) });
+        return sendJson(res, 200, { approvals: list.map((r) => approvalView(r, r.mayAnswer)) });
       }
       const id = parts[1] ?? '';
       if (parts.length === 2) {
         if (req.method !== 'GET') return notAllowed(res, 'GET');
         const rec = (await approvals.visibleTo(who)).find((r) => r.id === id);
         if (!rec) return problem(res, 404, `no approval ${id} visible to ${who.sub}`);
-        return send(res, 200, { approval: approvalView(rec, rec.mayAnswer) });
+        return sendJson(res, 200, { approval: approvalView(rec, rec.mayAnswer) });
       }
       const verb = parts[2];
       if (parts.length === 3 && (verb === 'approve' || verb === 'deny')) {
@@ -71,17 +72,19 @@ export async function serveApprovals(
           return problem(res, 400, 'the body is { "reason"?: string (at most 1000 characters) }');
         }
         const rec = await approvals.answer(id, who, verb, parsed.data.reason, 'api');
-        return send(res, 200, { approval: approvalView(rec, false) });
+        return sendJson(res, 200, { approval: approvalView(rec, false) });
       }
     }
     if (parts[0] === 'grants') {
       if (parts.length === 1) {
         if (req.method !== 'GET') return notAllowed(res, 'GET');
-        return send(res, 200, { grants: (await approvals.grantsVisibleTo(who)).map(grantView) });
+        return sendJson(res, 200, {
+          grants: (await approvals.grantsVisibleTo(who)).map(grantView),
+        });
       }
       if (parts.length === 3 && parts[2] === 'revoke') {
         if (req.method !== 'POST') return notAllowed(res, 'POST');
-        return send(res, 200, {
+        return sendJson(res, 200, {
           grant: grantView(await approvals.revokeGrant(parts[1] ?? '', who)),
         });
       }
@@ -144,18 +147,8 @@ export function grantView(g: GrantRecord) {
   };
 }
 
-function send(res: ServerResponse, status: number, value: unknown): void {
-  const body = JSON.stringify(value);
-  res.writeHead(status, {
-    'Content-Type': 'application/json',
-    'Content-Length': Buffer.byteLength(body),
-    'Cache-Control': 'no-store',
-  });
-  res.end(body);
-}
-
 function problem(res: ServerResponse, status: number, message: string): void {
-  send(res, status, { error: { status, message } });
+  sendJson(res, status, { error: { status, message } });
 }
 
 function notAllowed(res: ServerResponse, allow: string): void {
