@@ -40,6 +40,11 @@ export interface ColumnOrigin {
   schema?: string;
   /** Real column name, from the field's columnID. */
   column?: string;
+  /**
+   * For a view's column: what its value is computed from in the view's definition (and the
+   * views it reads). A view column derived from a masked column is hidden like it.
+   */
+  derived?: { output: SourceRef[]; wholeRow: boolean };
 }
 
 /** A column a statement mentions: its name as written, and the table or alias before it. */
@@ -64,6 +69,8 @@ export interface Lineage {
    */
   columns?: Array<{ output: SourceRef[]; wholeRow: boolean }>;
   inner?: { output: SourceRef[]; wholeRow: boolean };
+  /** The relations the statement names (tables, views), as written. */
+  reads?: Array<{ schema?: string; name: string }>;
 }
 
 export interface MaskResult<T> {
@@ -509,6 +516,7 @@ export function createMasker(
         (c, i) =>
           globs.length > 0 &&
           (columnMatches(globs, c) ||
+            (c.derived !== undefined && touchesMasked(c.derived)) ||
             ((c.table === undefined || c.column === undefined) && derivesMasked(lineage, i))),
       );
       const value = rows.map((row) =>

@@ -364,3 +364,51 @@ describe.skipIf(!pgInfo.available)(
     });
   },
 );
+
+describe.skipIf(!pgInfo.available)('masking follows a masked column into views', () => {
+  let gw: TestGateway;
+  let su: pg.Client;
+  let client: TestClient;
+  let raw: string[];
+
+  beforeAll(async () => {
+    su = await connectAs(pgInfo, 'superuser');
+    await su.query(`
+      CREATE VIEW gh_v_pw AS SELECT id, lower(password) AS p, role FROM users;
+      CREATE VIEW gh_v_pw2 AS SELECT id, p AS q FROM gh_v_pw;
+      CREATE VIEW gh_v_safe AS SELECT id, role FROM users;
+      GRANT SELECT ON gh_v_pw, gh_v_pw2, gh_v_safe TO ${pgInfo.reader.user};`);
+    raw = (await su.query<{ password: string }>('SELECT password FROM users')).rows.map((r) =>
+      r.password.slice(7, 27).toLowerCase(),
+    );
+    gw = await startGateway({ pg: pgInfo, policy });
+    client = await gw.connect(await gw.mint('ana', ['analysts']));
+  });
+  afterAll(async () => {
+    await su?.query('DROP VIEW IF EXISTS gh_v_pw2, gh_v_pw, gh_v_safe');
+    await su?.end();
+    await gw?.close();
+  });
+
+  it.each([
+    'SELECT p FROM gh_v_pw',
+    "SELECT p || '' FROM gh_v_pw",
+    'SELECT q FROM gh_v_pw2',
+    'SELECT upper(q) FROM gh_v_pw2',
+    'SELECT * FROM gh_v_pw2',
+  ])('%s: the value computed from the password in the view is masked', async (sql) => {
+    const r = await client.call('postgres_query', { target: 'app-db', sql });
+    expect(r.isError, textOf(r)).toBeFalsy();
+    const text = JSON.stringify(r).toLowerCase();
+    expect(raw.filter((f) => text.includes(f))).toEqual([]);
+    expect(text).toContain('[redacted:column]');
+  });
+
+  it('columns of a view that do not come from a masked column stay intact', async () => {
+    const r = await client.call('postgres_query', {
+      target: 'app-db',
+      sql: 'SELECT v.id, v.role, s.role AS r2 FROM gh_v_pw v JOIN gh_v_safe s USING (id) ORDER BY 1 LIMIT 1',
+    });
+    expect((r.structuredContent as { rows: unknown[][] }).rows).toEqual([[1, 'admin', 'admin']]);
+  });
+});

@@ -53,6 +53,8 @@ export interface PostgresPlan {
   /** The strictest operation of the statements (the session mode follows it). */
   operation: string;
   statementCount: number;
+  /** The relations the statement names (the executor follows computed values into views). */
+  reads: ReadonlyArray<{ schema?: string; name: string }>;
 }
 
 export function postgresQueryTool(
@@ -102,6 +104,7 @@ export function postgresQueryTool(
           unchecked,
           operation: mostStrict(c.statements.map((st) => st.operation)),
           statementCount: c.statements.length,
+          reads: c.lineage.reads ?? [],
         },
         ...(c.statements.length > 1
           ? { refusal: `one statement per call (got ${c.statements.length})` }
@@ -121,6 +124,7 @@ export function postgresQueryTool(
           maxRows: Math.min(input.maxRows ?? ctx.limits.maxRows, ctx.limits.maxRows),
           operation: plan.operation,
           statementCount: plan.statementCount,
+          reads: plan.reads,
         },
         ctx.limits,
         ctx.signal,

@@ -3,6 +3,7 @@ import { GovernanceError } from '../../server/kernel/errors.js';
 import { log } from '../../server/kernel/log.js';
 import { formatDuration, formatBytes } from '../../server/kernel/units.js';
 import type { ColumnOrigin } from '../../policies/masking.js';
+import { viewLineage, type ViewColumnLineage } from './lineage.js';
 import type { ResolvedLimits } from '../../policies/engine.js';
 import type { ToolOutput } from '../types.js';
 import { BoundedQuery } from './bounded-query.js';
@@ -22,10 +23,12 @@ export interface QueryRequest {
   maxRows: number;
   operation: string;
   statementCount: number;
+  /** The relations the statement names: a value computed from a view's column is followed into it. */
+  reads?: ReadonlyArray<{ schema?: string; name: string }>;
 }
 
 /** A cache of (table oid, column number) -> real names, so column masking follows aliases. */
-type OriginCache = Map<string, { schema: string; table: string; column: string }>;
+type OriginCache = Map<string, { schema: string; table: string; column: string; view: boolean }>;
 
 export class PostgresExecutor {
   private readonly origins = new Map<string, OriginCache>();
@@ -105,7 +108,7 @@ export class PostgresExecutor {
       const rows = result.rows;
       const truncated = rows.length > req.maxRows || result.overBudget;
       if (truncated) rows.length = req.maxRows;
-      const columns = await this.columnOrigins(target.name, client, result.fields);
+      const columns = await this.columnOrigins(target.name, client, result.fields, req.reads);
       const values = rows.map((row) => row.map(toJsonValue));
       const rowCount = result.fields.length ? values.length : (result.rowCount ?? 0);
       return { kind: 'rows', columns, rows: values, rowCount, truncated, operation: req.operation };
@@ -132,6 +135,7 @@ export class PostgresExecutor {
     targetName: string,
     client: pg.PoolClient,
     fields: pg.FieldDef[],
+    reads: ReadonlyArray<{ schema?: string; name: string }> = [],
   ): Promise<Array<ColumnOrigin & { type: string }>> {
     let cache = this.origins.get(targetName);
     if (!cache) {
@@ -149,8 +153,10 @@ export class PostgresExecutor {
         schema: string;
         table: string;
         column: string;
+        view: boolean;
       }>({
-        text: `SELECT a.attrelid::int8 AS t, a.attnum::int AS n, ns.nspname AS schema, c.relname AS table, a.attname AS column
+        text: `SELECT a.attrelid::int8 AS t, a.attnum::int AS n, ns.nspname AS schema, c.relname AS table, a.attname AS column,
+                      c.relkind IN ('v', 'm') AS view
                  FROM pg_catalog.pg_attribute a
                  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
                  JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
@@ -158,11 +164,45 @@ export class PostgresExecutor {
         values: [missing.map((f) => f.tableID), missing.map((f) => f.columnID)],
       });
       for (const r of res.rows)
-        cache.set(`${r.t}:${r.n}`, { schema: r.schema, table: r.table, column: r.column });
+        cache.set(`${r.t}:${r.n}`, {
+          schema: r.schema,
+          table: r.table,
+          column: r.column,
+          view: r.view,
+        });
     }
-    return fields.map((f) => {
-      const origin = f.tableID !== 0 ? cache.get(`${f.tableID}:${f.columnID}`) : undefined;
-      return { name: f.name, type: typeName(f.dataTypeID), ...(origin ?? {}) };
+    const origins = fields.map((f) =>
+      f.tableID !== 0 ? cache.get(`${f.tableID}:${f.columnID}`) : undefined,
+    );
+    // A view's column is its own origin, but its value may be computed from a masked column
+    // of what the view reads: what each one derives from is read from the view's definition
+    // each time (a view can be redefined under the same oid, so it is never cached).
+    const viewOids = [...new Set(fields.filter((f, i) => origins[i]?.view).map((f) => f.tableID))];
+    const views = viewOids.length > 0 ? await viewDerivations(client, viewOids) : new Map();
+    // A value computed from a view's column (`SELECT p || '' FROM v`) has no origin and names
+    // only `p`: it derives from whatever the views the statement reads put out.
+    let computed: ViewColumnLineage | undefined;
+    if (reads.length > 0 && fields.some((f) => f.tableID === 0)) {
+      const read = await viewsNamed(client, reads);
+      if (read.length > 0) {
+        const all = await viewDerivations(client, read);
+        computed = { output: [], wholeRow: false };
+        for (const v of all.values()) {
+          computed.output.push(...v.whole.output, ...v.extra.output);
+          computed.wholeRow ||= v.whole.wholeRow || v.extra.wholeRow;
+        }
+      }
+    }
+    return fields.map((f, i) => {
+      const origin = origins[i];
+      const view = origin?.view ? views.get(f.tableID) : undefined;
+      const derived = view ? viewColumn(view, f.columnID) : f.tableID === 0 ? computed : undefined;
+      return {
+        name: f.name,
+        type: typeName(f.dataTypeID),
+        ...(origin ? { schema: origin.schema, table: origin.table, column: origin.column } : {}),
+        ...(derived ? { derived } : {}),
+      };
     });
   }
 }
@@ -357,4 +397,101 @@ function paramCountMismatch(message: string | undefined): string | undefined {
   const gave =
     given === 0 ? 'no params were' : given === 1 ? '1 param was' : `${given} params were`;
   return `the statement has ${has} but ${gave} given (params needs exactly one value for each placeholder)`;
+}
+
+/** How deep views over views are followed; deeper is taken as deriving from anything. */
+const VIEW_DEPTH = 4;
+
+interface ViewDerivation {
+  columns: ViewColumnLineage[] | undefined;
+  whole: ViewColumnLineage;
+  /** What the view's derived relations and the views it reads (recursively) put out. */
+  extra: ViewColumnLineage;
+}
+
+async function viewDerivations(
+  client: pg.PoolClient,
+  oids: number[],
+): Promise<Map<number, ViewDerivation>> {
+  const out = new Map<number, ViewDerivation>();
+  const defs = await client.query<{ oid: string; def: string }>(
+    `SELECT c.oid::int8 AS oid, pg_catalog.pg_get_viewdef(c.oid) AS def
+       FROM pg_catalog.pg_class c WHERE c.oid = ANY($1::oid[]) AND c.relkind IN ('v', 'm')`,
+    [oids],
+  );
+  const anything: ViewColumnLineage = { output: [], wholeRow: true };
+  for (const { oid, def } of defs.rows) {
+    let lin: ReturnType<typeof viewLineage>;
+    try {
+      lin = viewLineage(def);
+    } catch {
+      // A definition that does not parse here derives from anything (fail closed).
+      out.set(Number(oid), { columns: undefined, whole: anything, extra: anything });
+      continue;
+    }
+    const extra: ViewColumnLineage = {
+      output: [...lin.inner.output],
+      wholeRow: lin.inner.wholeRow,
+    };
+    let names = lin.relations;
+    const seen = new Set<string>();
+    for (let depth = 0; names.length > 0; depth++) {
+      if (depth === VIEW_DEPTH) {
+        extra.wholeRow = true;
+        break;
+      }
+      const nested = await client.query<{ def: string }>(
+        `SELECT pg_catalog.pg_get_viewdef(c.oid) AS def FROM pg_catalog.pg_class c
+          WHERE c.relkind IN ('v', 'm')
+            AND c.oid IN (SELECT pg_catalog.to_regclass(n)::oid FROM unnest($1::text[]) n)`,
+        [names.map(qualifiedName)],
+      );
+      names = [];
+      for (const r of nested.rows) {
+        if (seen.has(r.def)) continue;
+        seen.add(r.def);
+        try {
+          const l = viewLineage(r.def);
+          extra.output.push(...l.whole.output);
+          extra.wholeRow ||= l.whole.wholeRow;
+          names.push(...l.relations);
+        } catch {
+          extra.wholeRow = true;
+        }
+      }
+    }
+    out.set(Number(oid), { columns: lin.columns, whole: lin.whole, extra });
+  }
+  return out;
+}
+
+/** The oids of the views (and materialized views) among the relations a statement names. */
+async function viewsNamed(
+  client: pg.PoolClient,
+  reads: ReadonlyArray<{ schema?: string; name: string }>,
+): Promise<number[]> {
+  const res = await client.query<{ oid: string }>(
+    `SELECT c.oid::int8 AS oid FROM pg_catalog.pg_class c
+      WHERE c.relkind IN ('v', 'm')
+        AND c.oid IN (SELECT pg_catalog.to_regclass(n)::oid FROM unnest($1::text[]) n)`,
+    [reads.map(qualifiedName)],
+  );
+  return res.rows.map((r) => Number(r.oid));
+}
+
+function qualifiedName(r: { schema?: string; name: string }): string {
+  return (r.schema ? `${quoteIdent(r.schema)}.` : '') + quoteIdent(r.name);
+}
+
+/** What view column `attnum` derives from: its own select-list item, plus the view's extra. */
+function viewColumn(view: ViewDerivation, attnum: number): ViewColumnLineage {
+  const own = view.columns?.[attnum - 1] ?? view.whole;
+  return {
+    output: [...own.output, ...view.extra.output],
+    wholeRow: own.wholeRow || view.extra.wholeRow,
+  };
+}
+
+function quoteIdent(s: string): string {
+  return `"${s.replace(/"/g, '""')}"`;
 }

@@ -1,3 +1,4 @@
+import { parseSync } from 'libpg-query';
 import type { Lineage, SourceRef } from '../../policies/masking.js';
 
 /**
@@ -47,8 +48,9 @@ const NEUTRAL_KEYS = new Set(['groupClause', 'distinctClause']);
 
 export function statementLineage(stmts: readonly unknown[]): Lineage {
   const relations = new Set<string>();
-  collectRelations(stmts, relations);
-  const whole = collect(stmts, relations);
+  const reads: Array<{ schema?: string; name: string }> = [];
+  collectRelations(stmts, relations, reads);
+  const whole = { ...collect(stmts, relations), reads };
   const columns = perColumn(stmts, relations);
   return columns ? { ...whole, ...columns } : whole;
 }
@@ -172,7 +174,11 @@ function columnRef(
 }
 
 /** Every name a relation goes by in the statements: tables, aliases, CTEs, functions in FROM. */
-function collectRelations(root: unknown, into: Set<string>): void {
+function collectRelations(
+  root: unknown,
+  into: Set<string>,
+  reads: Array<{ schema?: string; name: string }> = [],
+): void {
   const stack: unknown[] = [root];
   while (stack.length > 0) {
     const v = stack.pop();
@@ -183,6 +189,10 @@ function collectRelations(root: unknown, into: Set<string>): void {
     if (!isObj(v)) continue;
     if (isObj(v.RangeVar) && typeof v.RangeVar.relname === 'string') {
       into.add(v.RangeVar.relname.toLowerCase());
+      reads.push({
+        ...(typeof v.RangeVar.schemaname === 'string' ? { schema: v.RangeVar.schemaname } : {}),
+        name: v.RangeVar.relname,
+      });
     }
     if (isObj(v.Alias) && typeof v.Alias.aliasname === 'string') {
       into.add(v.Alias.aliasname.toLowerCase());
@@ -195,4 +205,35 @@ function collectRelations(root: unknown, into: Set<string>): void {
     }
     for (const child of Object.values(v)) if (typeof child === 'object') stack.push(child);
   }
+}
+
+/** What one column of a view is computed from, and what the rest of its definition puts out. */
+export interface ViewColumnLineage {
+  output: SourceRef[];
+  wholeRow: boolean;
+}
+
+/**
+ * A view's definition (`pg_get_viewdef`, which always spells out its select list), read as a
+ * statement: per view column (attnum - 1) what it is computed from, what its derived relations
+ * put out (`inner`), and the relations it reads (to follow views over views). Undefined when
+ * the definition cannot be read column by column: the caller treats every column as derived
+ * from the whole definition.
+ */
+export function viewLineage(definition: string): {
+  columns: ViewColumnLineage[] | undefined;
+  whole: ViewColumnLineage;
+  inner: ViewColumnLineage;
+  relations: Array<{ schema?: string; name: string }>;
+} {
+  const stmts = ((parseSync(definition) as { stmts?: Array<{ stmt?: unknown }> }).stmts ?? []).map(
+    (s) => s.stmt,
+  );
+  const lineage = statementLineage(stmts);
+  return {
+    columns: lineage.columns,
+    whole: { output: lineage.output, wholeRow: lineage.wholeRow },
+    inner: lineage.inner ?? { output: lineage.output, wholeRow: lineage.wholeRow },
+    relations: lineage.reads ?? [],
+  };
 }
