@@ -178,7 +178,10 @@ export class PostgresExecutor {
     // of what the view reads: what each one derives from is read from the view's definition
     // each time (a view can be redefined under the same oid, so it is never cached).
     const viewOids = [...new Set(fields.filter((f, i) => origins[i]?.view).map((f) => f.tableID))];
-    const views = viewOids.length > 0 ? await viewDerivations(client, viewOids) : new Map();
+    const views =
+      viewOids.length > 0
+        ? await viewDerivations(client, viewOids)
+        : new Map<number, ViewDerivation>();
     // A value computed from a view's column (`SELECT p || '' FROM v`) has no origin and names
     // only `p`: it derives from whatever the views the statement reads put out.
     let computed: ViewColumnLineage | undefined;
