@@ -71,6 +71,11 @@ export interface Lineage {
   inner?: { output: SourceRef[]; wholeRow: boolean };
   /** The relations the statement names (tables, views), as written. */
   reads?: Array<{ schema?: string; name: string }>;
+  /**
+   * Names the statement gives to values (`password AS p`, `users AS u(a, b, x)`) and what each
+   * stands for: a mention of the name is a mention of those (a whole row: any column).
+   */
+  aliases?: Record<string, { output: SourceRef[]; wholeRow: boolean }>;
 }
 
 export interface MaskResult<T> {
@@ -476,7 +481,29 @@ export function createMasker(
     return style === 'pseudonym' ? pseudonym('column', s) : '[redacted:column]';
   };
 
-  const masked = (ref: SourceRef) => globs.some((g) => g.column.test(ref.column));
+  const maskedName = (ref: SourceRef) => globs.some((g) => g.column.test(ref.column));
+  /**
+   * A mention is of a masked column when its name is one, or names (through the statement's
+   * aliases, followed a few steps) a value computed from one or from a whole row.
+   */
+  let aliases: Lineage['aliases'];
+  const masked = (ref: SourceRef): boolean => {
+    if (maskedName(ref)) return true;
+    let names = [ref.column];
+    const seen = new Set<string>();
+    for (let step = 0; step < 8 && names.length > 0; step++) {
+      const next: string[] = [];
+      for (const n of names) {
+        if (seen.has(n) || !aliases || !Object.hasOwn(aliases, n)) continue;
+        seen.add(n);
+        const a = aliases[n]!;
+        if (a.wholeRow || a.output.some(maskedName)) return true;
+        next.push(...a.output.map((r) => r.column));
+      }
+      names = next;
+    }
+    return false;
+  };
   const touchesMasked = (l: { output: SourceRef[]; wholeRow: boolean }) =>
     l.wholeRow || l.output.some(masked);
   /**
@@ -495,11 +522,17 @@ export function createMasker(
     active,
     conditionLeak(lineage) {
       if (!active || globs.length === 0) return undefined;
+      aliases = lineage.aliases;
       if (lineage.wholeRowInConditions) return 'a whole row (which holds masked columns)';
       const ref = lineage.conditions.find(masked);
-      return ref && `masked column ${ref.qualifier ? `${ref.qualifier}.` : ''}${ref.column}`;
+      if (!ref) return undefined;
+      const name = `${ref.qualifier ? `${ref.qualifier}.` : ''}${ref.column}`;
+      return maskedName(ref)
+        ? `masked column ${name}`
+        : `${name}, a name for a masked column or a value computed from one`;
     },
     touches(lineage) {
+      aliases = lineage.aliases;
       return (
         active &&
         globs.length > 0 &&
@@ -512,18 +545,28 @@ export function createMasker(
     maskRows(columns, rows, lineage) {
       const counts: Record<string, number> = {};
       if (!active) return { value: rows, counts };
-      const hidden = columns.map(
-        (c, i) =>
-          globs.length > 0 &&
-          (columnMatches(globs, c) ||
-            (c.derived !== undefined && touchesMasked(c.derived)) ||
-            ((c.table === undefined || c.column === undefined) && derivesMasked(lineage, i))),
-      );
+      aliases = lineage?.aliases;
+      // 'column': a masked column as it is (its NULLs stay NULL: that a value is missing is
+      // shown). 'derived': a value computed from one, whose NULL is hidden too, since
+      // `nullif(get_bit(…), 0)` turns each bit of the value into NULL-or-not.
+      const hidden = columns.map((c, i): 'column' | 'derived' | undefined => {
+        if (globs.length === 0) return undefined;
+        if (columnMatches(globs, c) && c.derived === undefined) return 'column';
+        if (c.derived !== undefined && (touchesMasked(c.derived) || columnMatches(globs, c))) {
+          return 'derived';
+        }
+        if ((c.table === undefined || c.column === undefined) && derivesMasked(lineage, i)) {
+          return 'derived';
+        }
+        return undefined;
+      });
       const value = rows.map((row) =>
         row.map((cell, i) => {
-          if (hidden[i]) {
-            if (cell === null || cell === undefined) return cell;
+          const how = hidden[i];
+          if (how) {
+            if (how === 'column' && (cell === null || cell === undefined)) return cell;
             counts.column = (counts.column ?? 0) + 1;
+            if (cell === null || cell === undefined) return '[redacted:column]';
             return maskCell(cell);
           }
           return detectors.length > 0 || globs.length > 0 ? maskDeep(cell, counts, 0) : cell;

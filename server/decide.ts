@@ -115,7 +115,7 @@ export class DecisionPoint {
       ...decision,
       effect: 'deny',
       reason:
-        `the statement filters, joins or orders on ${leak}, which reveals it bit by bit ` +
+        `the statement filters, joins, orders, groups or counts rows by ${leak}, which reveals it bit by bit ` +
         'whatever the result shows (the rule masks it)',
     };
   }

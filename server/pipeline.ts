@@ -639,15 +639,18 @@ function errorResult(c: Reached, err: GovernanceError): CallToolResult {
     reason = mask(err.message);
     const untrusted = targetText(err);
     if (untrusted !== undefined) {
-      const own = err.message.replace(untrusted, ' ').replace(/\s+/g, ' ').trim();
       // A statement over a masked column can make the server quote its value in the error
-      // (`invalid input syntax for type integer: "<password>"`): its text is withheld.
+      // (`invalid input syntax for type integer: "<password>"`): its text is withheld, and so
+      // is the SQLSTATE, which says which of several errors the value caused.
       const lineage = 'described' in c ? c.described.description.lineage : undefined;
       const withheld = masker !== undefined && lineage !== undefined && masker.touches(lineage);
+      const own = withheld
+        ? `${targetOf(c) ?? 'the target'}: the statement failed`
+        : mask(err.message.replace(untrusted, ' ').replace(/\s+/g, ' ').trim());
       const body = withheld ? { text: WITHHELD } : boundErrorText(mask(untrusted));
-      if (withheld) reason = `${mask(own)} ${WITHHELD}`;
+      if (withheld) reason = `${own} ${WITHHELD}`;
       text = [
-        `TARGET_ERROR: ${mask(own)}`,
+        `TARGET_ERROR: ${own}`,
         fence(targetOf(c) ?? 'the target', body.text, fenceNonce()),
         ...(body.cut ? [body.cut] : []),
       ].join('\n');
@@ -681,7 +684,7 @@ function targetText(err: GovernanceError): string | undefined {
 }
 
 const WITHHELD =
-  "(the target's error text is withheld: the statement reads a masked column, and the text can quote its values)";
+  "(the target's error text and code are withheld: the statement reads a masked column, and they can reveal its values)";
 
 /** Target error text shown to the agent: at most this many UTF-16 units, then a note. */
 const ERROR_TEXT_MAX = 2048;

@@ -412,6 +412,57 @@ describe('maskRows', () => {
     expect(r.counts).toEqual({ column: 2 });
   });
 
+  it('a computed value from a masked column hides its NULLs too; the column itself keeps them', () => {
+    const m = masker([], 'redact', ['*.password']);
+    const lineage = {
+      output: [{ column: 'password' }],
+      conditions: [],
+      wholeRow: false,
+      wholeRowInConditions: false,
+    };
+    const r = m.maskRows(
+      [{ name: 'password', table: 'users', column: 'password' }, { name: 'nullif' }],
+      [
+        [null, null],
+        ['h', 1],
+      ],
+      lineage,
+    );
+    expect(r.value).toEqual([
+      [null, '[redacted:column]'],
+      ['[redacted:column]', '[redacted:column]'],
+    ]);
+  });
+
+  it('a name a statement gives to a masked value is that value (aliases, renamed columns)', () => {
+    const m = masker([], 'redact', ['*.password']);
+    const base = { output: [], wholeRow: false, wholeRowInConditions: false };
+    expect(
+      m.conditionLeak({
+        ...base,
+        conditions: [{ column: 'p' }],
+        aliases: {
+          p: { output: [{ column: 'q' }], wholeRow: false },
+          q: { output: [{ column: 'password' }], wholeRow: false },
+        },
+      }),
+    ).toMatch(/^p, a name for a masked column/);
+    expect(
+      m.conditionLeak({
+        ...base,
+        conditions: [{ column: 'x' }],
+        aliases: { x: { output: [], wholeRow: true } },
+      }),
+    ).toBeDefined();
+    expect(
+      m.conditionLeak({
+        ...base,
+        conditions: [{ column: 'n' }],
+        aliases: { n: { output: [], wholeRow: false } },
+      }),
+    ).toBeUndefined();
+  });
+
   it('leaves dates and buffers as they are', () => {
     const d = new Date(0);
     const b = Buffer.from('x');

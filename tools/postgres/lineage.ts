@@ -43,16 +43,122 @@ const CONDITION_KEYS = new Set([
   'onConflictClause',
   'mergeJoinCondition',
 ]);
-/** Keys whose subtree neither reaches the result nor selects rows: equality only. */
-const NEUTRAL_KEYS = new Set(['groupClause', 'distinctClause']);
+/**
+ * `distinctClause` holds DISTINCT ON's expressions, which sort rows (plain DISTINCT leaves
+ * only empty nodes there): a condition. GROUP BY a bare column reveals only which values are
+ * equal, as pseudonyms do by design; GROUP BY an expression (`CASE WHEN password > 'm'`) is a
+ * question about the value, so a condition.
+ */
+CONDITION_KEYS.add('distinctClause');
+
+/**
+ * Set-returning functions: in a select list, how many rows come back depends on their
+ * arguments (`generate_series(1, ascii(substr(password, 8, 1)))` answers with the character
+ * code as a row count), so their arguments are conditions. Functions in FROM are treated the
+ * same way, whatever their name.
+ */
+const SET_RETURNING = new Set([
+  'generate_series',
+  'generate_subscripts',
+  'unnest',
+  'regexp_matches',
+  'regexp_split_to_table',
+  'string_to_table',
+  'json_array_elements',
+  'json_array_elements_text',
+  'jsonb_array_elements',
+  'jsonb_array_elements_text',
+  'json_each',
+  'json_each_text',
+  'jsonb_each',
+  'jsonb_each_text',
+  'json_object_keys',
+  'jsonb_object_keys',
+  'json_to_recordset',
+  'jsonb_to_recordset',
+  'json_populate_recordset',
+  'jsonb_populate_recordset',
+  'jsonb_path_query',
+  'ts_stat',
+  'ts_debug',
+]);
+
+/** Functions that turn whole tables into a value by name (`table_to_xml('users', …)`). */
+const TABLE_DUMP = /(^|_)to_xml(_and_xmlschema)?$/;
+
+const funcName = (node: Obj): string => {
+  const parts: unknown[] = Array.isArray(node.funcname) ? node.funcname : [];
+  const last = parts.at(-1);
+  return isObj(last) && isObj(last.String) ? String(last.String.sval).toLowerCase() : '';
+};
 
 export function statementLineage(stmts: readonly unknown[]): Lineage {
   const relations = new Set<string>();
   const reads: Array<{ schema?: string; name: string }> = [];
   collectRelations(stmts, relations, reads);
-  const whole = { ...collect(stmts, relations), reads };
+  const whole = { ...collect(stmts, relations), reads, aliases: collectAliases(stmts, relations) };
   const columns = perColumn(stmts, relations);
   return columns ? { ...whole, ...columns } : whole;
+}
+
+/**
+ * Names a statement gives to values, and what each stands for, so a mention of the name is
+ * a mention of its sources: `password AS p` in a subquery (then `WHERE p > 'm'` outside it),
+ * and column lists that rename a relation's columns (`users AS u(a, b, x)`, `WITH w(a, b, x)
+ * AS …`), where the gateway cannot tell which name is which column without the catalog: those
+ * stand for any column, a whole row.
+ */
+function collectAliases(
+  stmts: readonly unknown[],
+  relations: ReadonlySet<string>,
+): Record<string, { output: SourceRef[]; wholeRow: boolean }> {
+  const out: Record<string, { output: SourceRef[]; wholeRow: boolean }> = {};
+  const bind = (name: unknown, src: { output: SourceRef[]; wholeRow: boolean }) => {
+    if (typeof name !== 'string') return;
+    const cur = Object.hasOwn(out, name) ? out[name]! : { output: [], wholeRow: false };
+    out[name] = { output: [...cur.output, ...src.output], wholeRow: cur.wholeRow || src.wholeRow };
+  };
+  const any = { output: [], wholeRow: true };
+  const names = (list: unknown): unknown[] =>
+    Array.isArray(list)
+      ? list.map((n) => (isObj(n) && isObj(n.String) ? n.String.sval : undefined))
+      : [];
+  const everything = (v: unknown) => {
+    const l = collect([v], relations);
+    return {
+      output: [...l.output, ...l.conditions],
+      wholeRow: l.wholeRow || l.wholeRowInConditions,
+    };
+  };
+  const stack: unknown[] = [stmts];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (Array.isArray(v)) {
+      for (const x of v as unknown[]) stack.push(x);
+      continue;
+    }
+    if (!isObj(v)) continue;
+    if (
+      isObj(v.ResTarget) &&
+      typeof v.ResTarget.name === 'string' &&
+      v.ResTarget.val !== undefined
+    ) {
+      bind(v.ResTarget.name, everything(v.ResTarget.val));
+    }
+    if (isObj(v.RangeFunction) && isObj(v.RangeFunction.alias)) {
+      const src = everything(v.RangeFunction.functions);
+      for (const n of names(v.RangeFunction.alias.colnames)) bind(n, src);
+    } else {
+      for (const node of [v.RangeVar, v.RangeSubselect, v.JoinExpr]) {
+        if (isObj(node) && isObj(node.alias))
+          for (const n of names(node.alias.colnames)) bind(n, any);
+      }
+    }
+    if (isObj(v.CommonTableExpr))
+      for (const n of names(v.CommonTableExpr.aliascolnames)) bind(n, any);
+    for (const child of Object.values(v)) if (typeof child === 'object') stack.push(child);
+  }
+  return out;
 }
 
 /**
@@ -119,6 +225,39 @@ function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lin
       if (ctx !== 'neutral') columnRef(v.ColumnRef, ctx, direct === true, relations, add, whole);
       continue;
     }
+    if (isObj(v.FuncCall) && ctx !== 'neutral') {
+      const name = funcName(v.FuncCall);
+      // A table dumped by name carries every column of it, masked ones included.
+      if (TABLE_DUMP.test(name)) whole(ctx);
+      if (SET_RETURNING.has(name)) {
+        for (const [key, child] of Object.entries(v.FuncCall)) {
+          stack.push({ v: child, ctx: key === 'args' ? 'conditions' : ctx });
+        }
+        continue;
+      }
+    }
+    if (isObj(v.RangeFunction) && ctx !== 'neutral') {
+      // A function in FROM decides how many rows there are.
+      for (const [key, child] of Object.entries(v.RangeFunction)) {
+        stack.push({ v: child, ctx: key === 'functions' ? 'conditions' : ctx });
+      }
+      continue;
+    }
+    if (isObj(v.SelectStmt) && Array.isArray(v.SelectStmt.groupClause) && ctx !== 'neutral') {
+      for (const [key, child] of Object.entries(v.SelectStmt)) {
+        if (key !== 'groupClause') {
+          stack.push({ v: child, ctx: CONDITION_KEYS.has(key) ? 'conditions' : ctx });
+          continue;
+        }
+        for (const item of child as unknown[]) {
+          stack.push({
+            v: item,
+            ctx: isObj(item) && isObj(item.ColumnRef) ? 'neutral' : 'conditions',
+          });
+        }
+      }
+      continue;
+    }
     if (isObj(v.ResTarget)) {
       // `SELECT t.*` at the top of a select list expands to columns with their own origins;
       // the same inside an expression is a whole row.
@@ -140,9 +279,7 @@ function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lin
         ? ctx === 'neutral'
           ? 'neutral'
           : 'conditions'
-        : NEUTRAL_KEYS.has(key)
-          ? 'neutral'
-          : ctx;
+        : ctx;
       stack.push({ v: child, ctx: next });
     }
   }
