@@ -76,6 +76,8 @@ export interface Lineage {
    * stands for: a mention of the name is a mention of those (a whole row: any column).
    */
   aliases?: Record<string, { output: SourceRef[]; wholeRow: boolean }>;
+  /** The statement reads the planner's statistics, which hold sampled column values. */
+  statistics?: boolean;
 }
 
 export interface MaskResult<T> {
@@ -524,6 +526,9 @@ export function createMasker(
       if (!active || globs.length === 0) return undefined;
       aliases = lineage.aliases;
       if (lineage.wholeRowInConditions) return 'a whole row (which holds masked columns)';
+      if (lineage.statistics) {
+        return 'the planner statistics (pg_stats), which hold sampled values of every column';
+      }
       const ref = lineage.conditions.find(masked);
       if (!ref) return undefined;
       const name = `${ref.qualifier ? `${ref.qualifier}.` : ''}${ref.column}`;

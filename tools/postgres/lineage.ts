@@ -83,6 +83,15 @@ const SET_RETURNING = new Set([
   'ts_debug',
 ]);
 
+/** Catalog views that hold sample values of every analysed column (histograms, common values). */
+const STATISTICS = new Set([
+  'pg_stats',
+  'pg_stats_ext',
+  'pg_stats_ext_exprs',
+  'pg_statistic',
+  'pg_statistic_ext_data',
+]);
+
 /** Functions that turn whole tables into a value by name (`table_to_xml('users', …)`). */
 const TABLE_DUMP = /(^|_)to_xml(_and_xmlschema)?$/;
 
@@ -96,7 +105,12 @@ export function statementLineage(stmts: readonly unknown[]): Lineage {
   const relations = new Set<string>();
   const reads: Array<{ schema?: string; name: string }> = [];
   collectRelations(stmts, relations, reads);
-  const whole = { ...collect(stmts, relations), reads, aliases: collectAliases(stmts, relations) };
+  const whole = {
+    ...collect(stmts, relations),
+    reads,
+    aliases: collectAliases(stmts, relations),
+    statistics: reads.some((r) => STATISTICS.has(r.name.toLowerCase())),
+  };
   const columns = perColumn(stmts, relations);
   return columns ? { ...whole, ...columns } : whole;
 }
