@@ -95,6 +95,22 @@ const STATISTICS = new Set([
 /** Functions that turn whole tables into a value by name (`table_to_xml('users', …)`). */
 const TABLE_DUMP = /(^|_)to_xml(_and_xmlschema)?$/;
 
+/** A select-list position written as an integer constant (`ORDER BY 2`), if `item` is one. */
+function positionOf(item: unknown): number | undefined {
+  const c = isObj(item) && isObj(item.A_Const) ? item.A_Const : undefined;
+  const ival = c && isObj(c.ival) ? c.ival.ival : undefined;
+  return typeof ival === 'number' ? ival : undefined;
+}
+
+function isStar(v: unknown): boolean {
+  return (
+    isObj(v) &&
+    isObj(v.ColumnRef) &&
+    Array.isArray(v.ColumnRef.fields) &&
+    v.ColumnRef.fields.some((f) => isObj(f) && f.A_Star !== undefined)
+  );
+}
+
 const funcName = (node: Obj): string => {
   const parts: unknown[] = Array.isArray(node.funcname) ? node.funcname : [];
   const last = parts.at(-1);
@@ -192,12 +208,7 @@ function perColumn(
   const items = select.targetList.map((t) =>
     isObj(t) && isObj(t.ResTarget) ? t.ResTarget : undefined,
   );
-  const star = (v: unknown) =>
-    isObj(v) &&
-    isObj(v.ColumnRef) &&
-    Array.isArray(v.ColumnRef.fields) &&
-    v.ColumnRef.fields.some((f) => isObj(f) && f.A_Star !== undefined);
-  if (items.length === 0 || items.some((t) => t === undefined || star(t.val))) return undefined;
+  if (items.length === 0 || items.some((t) => t === undefined || isStar(t.val))) return undefined;
   const inner = collect([select.fromClause ?? [], select.withClause ?? []], relations);
   return {
     columns: items.map((t) => {
@@ -257,17 +268,37 @@ function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lin
       }
       continue;
     }
-    if (isObj(v.SelectStmt) && Array.isArray(v.SelectStmt.groupClause) && ctx !== 'neutral') {
-      for (const [key, child] of Object.entries(v.SelectStmt)) {
-        if (key !== 'groupClause') {
+    if (isObj(v.SelectStmt) && ctx !== 'neutral') {
+      // ORDER BY, GROUP BY and DISTINCT ON may name a select-list item by position
+      // (`ORDER BY 2`): that item's expression is what rows are sorted or grouped by.
+      const select = v.SelectStmt;
+      const targets = Array.isArray(select.targetList) ? select.targetList : [];
+      const byPosition = (item: unknown): unknown => {
+        const k = positionOf(item);
+        if (k === undefined) return item;
+        const target: unknown = targets[k - 1];
+        const val = isObj(target) && isObj(target.ResTarget) ? target.ResTarget.val : undefined;
+        // `SELECT *` (or a position past the list): which column it is cannot be told here.
+        if (val === undefined || isStar(val)) whole('conditions');
+        return val;
+      };
+      for (const [key, child] of Object.entries(select)) {
+        if (key === 'groupClause' && Array.isArray(child)) {
+          // Grouping by a bare column reveals only equality; by an expression, a question.
+          for (const item of child as unknown[]) {
+            const val = byPosition(item);
+            stack.push({
+              v: val,
+              ctx: isObj(val) && isObj(val.ColumnRef) ? 'neutral' : 'conditions',
+            });
+          }
+        } else if ((key === 'sortClause' || key === 'distinctClause') && Array.isArray(child)) {
+          for (const item of child as unknown[]) {
+            const node = isObj(item) && isObj(item.SortBy) ? item.SortBy.node : item;
+            stack.push({ v: byPosition(node), ctx: 'conditions' });
+          }
+        } else {
           stack.push({ v: child, ctx: CONDITION_KEYS.has(key) ? 'conditions' : ctx });
-          continue;
-        }
-        for (const item of child as unknown[]) {
-          stack.push({
-            v: item,
-            ctx: isObj(item) && isObj(item.ColumnRef) ? 'neutral' : 'conditions',
-          });
         }
       }
       continue;
