@@ -519,6 +519,7 @@ async function execute(c: Connected): Promise<Executed> {
     signal: c.req.signal,
     principal: c.principal,
     rule: c.decision.rule,
+    masked: c.decision.mask.length > 0,
     ...(c.req.elicit ? { elicit: c.req.elicit } : {}),
   });
   return { ...c, stage: 'executed', output };

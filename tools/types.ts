@@ -151,6 +151,8 @@ export interface RunContext {
   limits: ResolvedLimits;
   signal: AbortSignal;
   principal: Principal;
+  /** Whether the result will pass through masking (a tool may skip work masking alone needs). */
+  masked: boolean;
   /**
    * Ask the calling client's human with an elicitation form; absent when the client did not
    * declare the capability (a tool must then not ask, and say so).

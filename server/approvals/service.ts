@@ -80,6 +80,8 @@ export class ApprovalRefused extends Error {
 export const MAX_PENDING_PER_REQUESTER = 16;
 /** How long ended approvals and grants stay in the state (for `approvals list` and repeats). */
 const RETAIN_MS = 24 * 3_600_000;
+/** How often ended records are dropped from the state. */
+const PRUNE_EVERY_MS = 10 * 60_000;
 /** How often a waiting call reports progress. */
 const TICK_MS = 5_000;
 /** Waiters re-read the state at least this often, whatever the backend's notifications do. */
@@ -96,6 +98,7 @@ export class ApprovalService {
   private readonly waiters = new Map<string, Set<() => void>>();
   private readonly unwatch: () => void;
   private sweeper: NodeJS.Timeout | undefined;
+  private prunedAt = 0;
 
   constructor(
     readonly store: StateStore,
@@ -139,11 +142,8 @@ export class ApprovalService {
 
   /** A grant window opened by an in-band approval (`approvers: client` with `grant`). */
   async grantInBand(call: CallToApprove, approvalId: string): Promise<void> {
-    const grant = call.approval.grant;
-    if (grant === undefined) return;
-    const now = Date.now();
-    await this.store.createGrant({
-      id: newId('grt'),
+    if (call.approval.grant === undefined) return;
+    await this.openGrant({
       sub: call.requester.sub,
       tool: call.tool,
       target: call.target,
@@ -151,9 +151,8 @@ export class ApprovalService {
       rule: call.rule,
       policyVersion: this.opts.policyVersion,
       approvalId,
-      createdAt: now,
-      expiresAt: now + grant,
       approvers: call.approval.approvers,
+      ms: call.approval.grant,
     });
   }
 
@@ -349,27 +348,34 @@ export class ApprovalService {
       }),
     );
     if (record.status === 'approved' && record.grantMs !== undefined) {
-      await this.openGrant(record);
+      await this.openGrant({
+        sub: record.requester.sub,
+        tool: record.tool,
+        target: record.target,
+        operation: record.operation,
+        rule: record.rule,
+        policyVersion: record.policyVersion,
+        approvalId: record.id,
+        approvers: record.approvers,
+        ms: record.grantMs,
+      });
     }
     this.opts.notifier?.notify({ kind: 'approval.answered', approval: record, answer: entry });
     this.wake(id);
     return record;
   }
 
-  private async openGrant(rec: ApprovalRecord): Promise<void> {
+  /** A grant window from now, for what an approval (in band or stored) was given. */
+  private async openGrant(
+    g: Omit<GrantRecord, 'id' | 'createdAt' | 'expiresAt'> & { ms: number },
+  ): Promise<void> {
+    const { ms, ...rest } = g;
     const now = Date.now();
     await this.store.createGrant({
+      ...rest,
       id: newId('grt'),
-      sub: rec.requester.sub,
-      tool: rec.tool,
-      target: rec.target,
-      operation: rec.operation,
-      rule: rec.rule,
-      policyVersion: rec.policyVersion,
-      approvalId: rec.id,
       createdAt: now,
-      expiresAt: now + (rec.grantMs ?? 0),
-      approvers: rec.approvers,
+      expiresAt: now + ms,
     });
   }
 
@@ -433,7 +439,11 @@ export class ApprovalService {
   private async sweep(): Promise<void> {
     try {
       for (const rec of await this.store.listApprovals()) await this.expireIfDue(rec);
-      await this.store.prune(Date.now(), RETAIN_MS);
+      // Pruning takes the store's lock (and, for the file, rewrites it): rarely is enough.
+      if (Date.now() - this.prunedAt >= PRUNE_EVERY_MS) {
+        this.prunedAt = Date.now();
+        await this.store.prune(this.prunedAt, RETAIN_MS);
+      }
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'approvals: sweep failed');
     }

@@ -124,7 +124,7 @@ export function postgresQueryTool(
           maxRows: Math.min(input.maxRows ?? ctx.limits.maxRows, ctx.limits.maxRows),
           operation: plan.operation,
           statementCount: plan.statementCount,
-          reads: plan.reads,
+          ...(ctx.masked ? { reads: plan.reads } : {}),
         },
         ctx.limits,
         ctx.signal,

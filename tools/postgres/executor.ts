@@ -23,7 +23,11 @@ export interface QueryRequest {
   maxRows: number;
   operation: string;
   statementCount: number;
-  /** The relations the statement names: a value computed from a view's column is followed into it. */
+  /**
+   * When the result will be masked, the relations the statement names: view columns, and
+   * values computed from them, are followed into the views' definitions. Absent: no masking,
+   * so none of those catalog reads is made.
+   */
   reads?: ReadonlyArray<{ schema?: string; name: string }>;
 }
 
@@ -135,7 +139,7 @@ export class PostgresExecutor {
     targetName: string,
     client: pg.PoolClient,
     fields: pg.FieldDef[],
-    reads: ReadonlyArray<{ schema?: string; name: string }> = [],
+    reads: ReadonlyArray<{ schema?: string; name: string }> | undefined,
   ): Promise<Array<ColumnOrigin & { type: string }>> {
     let cache = this.origins.get(targetName);
     if (!cache) {
@@ -177,7 +181,9 @@ export class PostgresExecutor {
     // A view's column is its own origin, but its value may be computed from a masked column
     // of what the view reads: what each one derives from is read from the view's definition
     // each time (a view can be redefined under the same oid, so it is never cached).
-    const viewOids = [...new Set(fields.filter((f, i) => origins[i]?.view).map((f) => f.tableID))];
+    const viewOids = reads
+      ? [...new Set(fields.filter((f, i) => origins[i]?.view).map((f) => f.tableID))]
+      : [];
     const views =
       viewOids.length > 0
         ? await viewDerivations(client, viewOids)
@@ -185,7 +191,7 @@ export class PostgresExecutor {
     // A value computed from a view's column (`SELECT p || '' FROM v`) has no origin and names
     // only `p`: it derives from whatever the views the statement reads put out.
     let computed: ViewColumnLineage | undefined;
-    if (reads.length > 0 && fields.some((f) => f.tableID === 0)) {
+    if (reads && reads.length > 0 && fields.some((f) => f.tableID === 0)) {
       const read = await viewsNamed(client, reads);
       if (read.length > 0) {
         const all = await viewDerivations(client, read);

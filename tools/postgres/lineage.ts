@@ -160,14 +160,7 @@ function collectAliases(
       wholeRow: l.wholeRow || l.wholeRowInConditions,
     };
   };
-  const stack: unknown[] = [stmts];
-  while (stack.length > 0) {
-    const v = stack.pop();
-    if (Array.isArray(v)) {
-      for (const x of v as unknown[]) stack.push(x);
-      continue;
-    }
-    if (!isObj(v)) continue;
+  eachNode(stmts, (v) => {
     if (
       isObj(v.ResTarget) &&
       typeof v.ResTarget.name === 'string' &&
@@ -186,8 +179,7 @@ function collectAliases(
     }
     if (isObj(v.CommonTableExpr))
       for (const n of names(v.CommonTableExpr.aliascolnames)) bind(n, any);
-    for (const child of Object.values(v)) if (typeof child === 'object') stack.push(child);
-  }
+  });
   return out;
 }
 
@@ -361,14 +353,7 @@ function collectRelations(
   into: Set<string>,
   reads: Array<{ schema?: string; name: string }> = [],
 ): void {
-  const stack: unknown[] = [root];
-  while (stack.length > 0) {
-    const v = stack.pop();
-    if (Array.isArray(v)) {
-      for (const x of v as unknown[]) stack.push(x);
-      continue;
-    }
-    if (!isObj(v)) continue;
+  eachNode(root, (v) => {
     if (isObj(v.RangeVar) && typeof v.RangeVar.relname === 'string') {
       into.add(v.RangeVar.relname.toLowerCase());
       reads.push({
@@ -385,6 +370,23 @@ function collectRelations(
     if (isObj(v.CommonTableExpr) && typeof v.CommonTableExpr.ctename === 'string') {
       into.add(v.CommonTableExpr.ctename.toLowerCase());
     }
+  });
+}
+
+/**
+ * Calls `visit` on every object node of a parse tree, iteratively (the parser accepts trees
+ * thousands of levels deep, which recursion would not survive).
+ */
+function eachNode(root: unknown, visit: (node: Obj) => void): void {
+  const stack: unknown[] = [root];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (Array.isArray(v)) {
+      for (const x of v as unknown[]) stack.push(x);
+      continue;
+    }
+    if (!isObj(v)) continue;
+    visit(v);
     for (const child of Object.values(v)) if (typeof child === 'object') stack.push(child);
   }
 }
