@@ -106,7 +106,11 @@ interface UsedApproval {
  * call a second time.
  */
 class AlreadyAnswered extends Error {
-  constructor(readonly result: CallToolResult) {
+  constructor(
+    readonly result: CallToolResult,
+    /** The call as it stands: approved, under the approval another call already used. */
+    readonly approved: Approved,
+  ) {
     super('already answered');
   }
 }
@@ -180,17 +184,24 @@ export async function handleToolCall(
     result = step(render(masked)).result;
   } catch (err) {
     if (err instanceof AlreadyAnswered) {
-      await record(reached, err.result);
-      return err.result;
+      // Its answer is that of the call that ran; this call's outcome is still on record.
+      reached = err.approved;
+      result = err.result;
+    } else {
+      failure = toGovernanceError(err);
+      if (failure.code === 'INTERNAL' || failure.cause) {
+        log.warn(
+          {
+            callId: received.callId,
+            tool,
+            code: failure.code,
+            cause: describeCause(failure.cause),
+          },
+          'call failed',
+        );
+      }
+      result = errorResult(reached, failure);
     }
-    failure = toGovernanceError(err);
-    if (failure.code === 'INTERNAL' || failure.cause) {
-      log.warn(
-        { callId: received.callId, tool, code: failure.code, cause: describeCause(failure.cause) },
-        'call failed',
-      );
-    }
-    result = errorResult(reached, failure);
   }
   try {
     // A decision line is missing when the call failed before policy (identity, input).
@@ -480,7 +491,19 @@ async function alreadyUsed(c: Decided, id: string, rule: Approval): Promise<neve
   const deadline = Date.now() + rule.hold;
   for (;;) {
     const rec = await c.rt.approvals.get(id);
-    if (rec?.result !== undefined) throw new AlreadyAnswered(rec.result as CallToolResult);
+    if (rec?.result !== undefined) {
+      throw new AlreadyAnswered(rec.result as CallToolResult, {
+        ...c,
+        stage: 'approved',
+        approval: {
+          id,
+          approver: approvedBy(rec),
+          answer: 'approve',
+          via: 'approvers',
+          stored: false,
+        },
+      });
+    }
     if (Date.now() >= deadline || c.req.signal.aborted) {
       throw new GovernanceError(
         'APPROVAL_PENDING',

@@ -444,6 +444,13 @@ describe.skipIf(!pgInfo.available)('out-of-band approval over HTTP', () => {
       true,
     );
     for (const f of await chainFiles(dir)) expect((await verifyAuditFile(f)).ok).toBe(true);
+    // Every call has its outcome on record, the awaits answered from the stored result too.
+    const decided = new Set(lines.filter((l) => l.kind === 'decision').map((l) => l.callId));
+    const ended = new Set(lines.filter((l) => l.kind === 'outcome').map((l) => l.callId));
+    expect([...decided].filter((id) => !ended.has(id))).toEqual([]);
+    expect(
+      outcomes.filter((l) => (l.approval as { answer: string }).answer === 'approve').length,
+    ).toBeGreaterThanOrEqual(4);
   });
 
   it('one changed character of the SQL is a new approval; the approved one is not reused for it', async () => {
