@@ -149,19 +149,33 @@ function webhookNotifier(webhook: Webhook, opts: NotifierOptions): Notifier {
       headers['X-Gatehouse-Timestamp'] = timestamp;
       headers['X-Gatehouse-Signature'] = `sha256=${mac}`;
     }
+    // A timer of our own rather than AbortSignal.timeout() inside AbortSignal.any(): on Node 20
+    // the timeout signal can be garbage-collected before it fires, and the POST then waits
+    // for the receiver forever (seen in CI: a silent receiver held a delivery until close()).
+    const attempt = new AbortController();
+    const timer = setTimeout(
+      () => attempt.abort(new DOMException('webhook timeout', 'TimeoutError')),
+      webhook.timeout,
+    );
+    const onStop = () => attempt.abort(stop.signal.reason);
+    if (stop.signal.aborted) onStop();
+    else stop.signal.addEventListener('abort', onStop, { once: true });
     try {
       const res = await fetchImpl(webhook.url, {
         method: 'POST',
         headers,
         body,
         redirect: 'manual',
-        signal: AbortSignal.any([AbortSignal.timeout(webhook.timeout), stop.signal]),
+        signal: attempt.signal,
       });
       // Read nothing of the answer, but release the connection.
       await res.body?.cancel().catch(() => undefined);
       return res.ok ? undefined : { status: res.status };
     } catch (err) {
       return { err: errorCode(err) };
+    } finally {
+      clearTimeout(timer);
+      stop.signal.removeEventListener('abort', onStop);
     }
   }
 
