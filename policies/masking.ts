@@ -1,5 +1,6 @@
 import { createHmac } from 'node:crypto';
 import { compileGlobs } from './glob.js';
+import { compilePattern, PatternError, type CompiledPattern } from './pattern.js';
 
 /**
  * Masking v1: pure functions, no I/O. A masker hides whole columns (by their real origin)
@@ -19,6 +20,8 @@ export const DETECTOR_NAMES = [
   'jwt',
   'aws_key',
   'private_key',
+  'bearer',
+  'api_key',
 ] as const;
 export type Detector = (typeof DETECTOR_NAMES)[number];
 export type MaskStyle = 'redact' | 'partial' | 'pseudonym';
@@ -30,6 +33,44 @@ export interface MaskProfile {
   style: MaskStyle;
   /** Add the columns discovery finds on the call's target to `columns` (server/discovery.ts). */
   discover?: boolean;
+  /**
+   * Custom detectors, by name: patterns in a linear-time subset of regular expressions
+   * (policies/pattern.ts). What they match is masked like a detector's find.
+   */
+  patterns?: Record<string, string>;
+}
+
+/** A custom pattern's name: its masked form reads `[redacted:NAME]`, its count `NAME`. */
+export const PATTERN_NAME = /^[a-z][a-z0-9_]{0,31}$/;
+
+const compiledPatterns = new Map<string, CompiledPattern>();
+
+/**
+ * A custom pattern, compiled once per process (policies are reloaded, patterns rarely
+ * change). Throws an Error naming the pattern and what in it is not supported.
+ */
+export function customPattern(name: string, source: string): CompiledPattern {
+  if (!PATTERN_NAME.test(name)) {
+    throw new Error(
+      `masking pattern name ${JSON.stringify(name)} must be lower case letters, digits and _ (at most 32, a letter first)`,
+    );
+  }
+  if ((DETECTOR_NAMES as readonly string[]).includes(name) || name === 'column') {
+    throw new Error(`masking pattern name "${name}" is taken by a built-in detector`);
+  }
+  let compiled = compiledPatterns.get(source);
+  if (!compiled) {
+    try {
+      compiled = compilePattern(source);
+    } catch (err) {
+      if (err instanceof PatternError) {
+        throw new Error(`masking pattern ${name} (${JSON.stringify(source)}): ${err.message}`);
+      }
+      throw err;
+    }
+    if (compiledPatterns.size < 1000) compiledPatterns.set(source, compiled);
+  }
+  return compiled;
 }
 
 export interface ColumnOrigin {
@@ -159,6 +200,34 @@ export function ibanValid(iban: string): boolean {
 
 const REDACT_ONLY = (): string => '';
 
+/**
+ * Vendor prefixes of API keys and tokens, each with the body it is followed by: GitHub
+ * (classic and fine-grained), GitLab, Slack (bot/user/app), Stripe secret and restricted keys,
+ * OpenAI and Anthropic (`sk-`, `sk-proj-`, `sk-ant-`), Google, npm, PyPI, SendGrid, Hugging
+ * Face, Shopify, DigitalOcean.
+ */
+const API_KEY_PREFIXES: ReadonlyArray<readonly [string, string]> = [
+  ['github_pat_', '[A-Za-z0-9_]{22,}'],
+  ['gh[pousr]_', '[A-Za-z0-9]{30,}'],
+  ['glpat-', '[A-Za-z0-9_-]{20,}'],
+  ['xox[abposr]-', '[A-Za-z0-9-]{10,}'],
+  ['xapp-', '[A-Za-z0-9-]{10,}'],
+  ['[sr]k_(?:live|test)_', '[A-Za-z0-9]{16,}'],
+  ['sk-', '[A-Za-z0-9_-]{20,}'],
+  ['AIza', '[A-Za-z0-9_-]{30,}'],
+  ['npm_', '[A-Za-z0-9]{30,}'],
+  ['pypi-', '[A-Za-z0-9_-]{40,}'],
+  ['SG\\.', '[A-Za-z0-9_-]{16,}\\.[A-Za-z0-9_-]{16,}'],
+  ['hf_', '[A-Za-z0-9]{30,}'],
+  ['shp(?:at|ca|pa|ss)_', '[A-Fa-f0-9]{32,}'],
+  ['do[opr]_v1_', '[a-f0-9]{64,}'],
+];
+const API_KEY_PREFIX = new RegExp(API_KEY_PREFIXES.map(([p]) => p).join('|'));
+const API_KEY_PREFIX_AT_START = new RegExp(`^(?:${API_KEY_PREFIXES.map(([p]) => p).join('|')})`);
+function apiKeyPrefix(m: string): string {
+  return API_KEY_PREFIX_AT_START.exec(m)?.[0] ?? '';
+}
+
 /*
  * Every pattern starts with a lookbehind that refuses to begin in the middle of a run of the
  * same character class. Besides precision, this keeps scanning linear: without it a long
@@ -189,6 +258,32 @@ const DETECTORS: Record<Detector, DetectorImpl> = {
     normalize: (m) => m,
     // The 4-letter prefix only says "an access key id was here".
     partial: (m) => m.slice(0, 4) + '*'.repeat(16),
+  },
+  api_key: {
+    maybe: (t) => API_KEY_PREFIX.test(t),
+    // Prefixes that vendors put on their secrets so scanners can find them. The body runs as
+    // far as its characters go (a character glued on is taken in, never a reason to let the
+    // key through); a digit and a letter in it keep slugs such as `risk-assessment-…` out.
+    pattern: new RegExp(
+      `(?<![A-Za-z0-9])(?:${API_KEY_PREFIXES.map(([p, body]) => `${p}${body}`).join('|')})`,
+      'g',
+    ),
+    valid: (m) => {
+      const body = m.slice(apiKeyPrefix(m).length);
+      return /\d/.test(body) && /[A-Za-z]/.test(body);
+    },
+    normalize: (m) => m,
+    // The vendor's prefix only: 'ghp_********'.
+    partial: (m) => apiKeyPrefix(m) + '********',
+  },
+  bearer: {
+    maybe: (t) => /[Bb][Ee][Aa][Rr][Ee][Rr]/.test(t),
+    // `Bearer <token>` (an Authorization header, a curl command line, a log line): the token
+    // is at least 16 characters of the RFC 6750 token alphabet, so prose is left alone.
+    pattern: /(?<![A-Za-z0-9_])[Bb][Ee][Aa][Rr][Ee][Rr](?:[ \t]+|%20)[A-Za-z0-9._~+/-]{16,}=*/g,
+    valid: () => true,
+    normalize: (m) => m.replace(/^\S+(?:[ \t]+|%20)/, ''),
+    partial: REDACT_ONLY,
   },
   iban: {
     maybe: (t) => /[A-Z]{2}\d{2}/.test(t),
@@ -270,6 +365,8 @@ const ORDER: readonly Detector[] = [
   'private_key',
   'jwt',
   'aws_key',
+  'api_key',
+  'bearer',
   'iban',
   'credit_card',
   'ssn',
@@ -300,9 +397,10 @@ const WHOLE = Object.fromEntries(
  * as it is, so column rules are idempotent too. Only forms at least as strict as the
  * masker's own style are accepted: a pseudonym masker does not pass a partial form through.
  */
-const REDACTED_FORM = /^\[redacted:[a-z_-]+\](?:#\d+)?$/;
-const PSEUDONYM_FORM =
-  /^(?:email|credit_card|ssn|iban|phone|jwt|aws_key|private_key|column)_[0-9a-f]{8}$/;
+const REDACTED_FORM = /^\[redacted:[a-z0-9_-]+\](?:#\d+)?$/;
+const pseudonymForm = (names: readonly string[]) =>
+  new RegExp(`^(?:${[...DETECTOR_NAMES, 'column', ...names].join('|')})_[0-9a-f]{8}$`);
+const PSEUDONYM_FORM = pseudonymForm([]);
 const PARTIAL_FORMS: readonly RegExp[] = [
   /^[A-Za-z0-9._%+-]\*\*\*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,63}$/, // email
   /^\*[* -]{8,}\d{4}$/, // credit_card
@@ -312,10 +410,10 @@ const PARTIAL_FORMS: readonly RegExp[] = [
   /^(?:AKIA|ASIA)\*{16}$/, // aws_key
 ];
 
-function isMaskedForm(s: string, style: MaskStyle): boolean {
+function isMaskedForm(s: string, style: MaskStyle, pseudonyms = PSEUDONYM_FORM): boolean {
   if (REDACTED_FORM.test(s)) return true;
   if (style === 'redact') return false;
-  if (PSEUDONYM_FORM.test(s)) return true;
+  if (pseudonyms.test(s)) return true;
   return style === 'partial' && PARTIAL_FORMS.some((r) => r.test(s));
 }
 
@@ -389,6 +487,7 @@ export function createMasker(
 ): Masker {
   const detectorSet = new Set<Detector>();
   const globs: ColumnGlob[] = [];
+  const custom = new Map<string, CompiledPattern>();
   let style: MaskStyle = 'partial';
   for (const p of profiles) {
     for (const d of p.detectors) {
@@ -397,6 +496,13 @@ export function createMasker(
       detectorSet.add(d);
     }
     for (const c of p.columns) globs.push(toColumnGlob(c));
+    for (const [name, source] of Object.entries(p.patterns ?? {})) {
+      const known = custom.get(name);
+      if (known && known.source !== source) {
+        throw new Error(`masking pattern ${name} is defined twice, with different patterns`);
+      }
+      custom.set(name, customPattern(name, source));
+    }
     if (!Object.hasOwn(STYLE_RANK, p.style)) {
       throw new Error(`masking style "${String(p.style)}" is unknown`);
     }
@@ -408,7 +514,10 @@ export function createMasker(
   }
   const detectors = ORDER.filter((d) => detectorSet.has(d));
   const key = Buffer.from(opts.pseudonymKey);
-  const active = profiles.length > 0 && (detectors.length > 0 || globs.length > 0);
+  const patterns = [...custom.entries()];
+  const scans = detectors.length > 0 || patterns.length > 0;
+  const active = profiles.length > 0 && (scans || globs.length > 0);
+  const pseudonyms = patterns.length > 0 ? pseudonymForm([...custom.keys()]) : PSEUDONYM_FORM;
 
   const pseudonym = (kind: string, normalized: string): string =>
     `${kind}_${createHmac('sha256', key).update(normalized).digest('hex').slice(0, 8)}`;
@@ -430,6 +539,20 @@ export function createMasker(
         counts[d] = (counts[d] ?? 0) + 1;
         return maskMatch(d, m);
       });
+    }
+    for (const [name, pattern] of patterns) {
+      const spans = pattern.spans(out);
+      if (spans.length === 0) continue;
+      counts[name] = (counts[name] ?? 0) + spans.length;
+      let rebuilt = '';
+      let at = 0;
+      for (const [from, to] of spans) {
+        rebuilt += out.slice(at, from);
+        rebuilt +=
+          style === 'pseudonym' ? pseudonym(name, out.slice(from, to)) : `[redacted:${name}]`;
+        at = to;
+      }
+      out = rebuilt + out.slice(at);
     }
     return out;
   };
@@ -472,7 +595,7 @@ export function createMasker(
     if (style === 'redact') return '[redacted:column]';
     const s =
       typeof v === 'string' ? v : typeof v === 'bigint' ? v.toString() : (JSON.stringify(v) ?? '');
-    if (typeof v === 'string' && isMaskedForm(s, style)) return s;
+    if (typeof v === 'string' && isMaskedForm(s, style, pseudonyms)) return s;
     for (const d of ORDER) {
       const impl = DETECTORS[d];
       if (WHOLE[d].test(s) && impl.valid(s)) {
@@ -574,14 +697,14 @@ export function createMasker(
             if (cell === null || cell === undefined) return '[redacted:column]';
             return maskCell(cell);
           }
-          return detectors.length > 0 || globs.length > 0 ? maskDeep(cell, counts, 0) : cell;
+          return scans || globs.length > 0 ? maskDeep(cell, counts, 0) : cell;
         }),
       );
       return { value, counts };
     },
     maskText(text) {
       const counts: Record<string, number> = {};
-      if (!active || detectors.length === 0) return { value: text, counts };
+      if (!active || !scans) return { value: text, counts };
       return { value: maskString(text, counts), counts };
     },
   };

@@ -2,7 +2,8 @@ import { z } from 'zod';
 import { Duration } from '../server/kernel/units.js';
 import { parseSize } from '../server/kernel/units.js';
 import { nearest } from '../server/kernel/yaml.js';
-import { DETECTOR_NAMES } from './masking.js';
+import { customPattern, DETECTOR_NAMES, PATTERN_NAME } from './masking.js';
+import { MAX_PATTERN_LENGTH } from './pattern.js';
 
 /** The policy file format (CONTRACT section 5). Strict: an unknown key is an error, not a no-op. */
 
@@ -134,6 +135,27 @@ export const MaskProfileSchema = z.strictObject({
    * target (sampled once per target, then every few minutes), so lineage follows them too.
    */
   discover: z.boolean().default(false),
+  /**
+   * Custom detectors: name -> pattern, in the linear-time subset policies/pattern.ts reads
+   * (no anchors, lookaround or backreferences). Compiled here, so a bad one fails the load.
+   */
+  patterns: z
+    .record(
+      z.string().regex(PATTERN_NAME, {
+        message: 'a pattern name is lower case letters, digits and _ (a letter first, at most 32)',
+      }),
+      z.string().min(1).max(MAX_PATTERN_LENGTH),
+    )
+    .default({})
+    .superRefine((patterns, ctx) => {
+      for (const [name, source] of Object.entries(patterns)) {
+        try {
+          customPattern(name, source);
+        } catch (err) {
+          ctx.addIssue({ code: 'custom', path: [name], message: (err as Error).message });
+        }
+      }
+    }),
 });
 
 export const PolicyTest = z.strictObject({

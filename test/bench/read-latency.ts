@@ -18,6 +18,7 @@ import { appendFile } from 'node:fs/promises';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import pg from 'pg';
 import { createMasker } from '../../policies/masking.js';
+import { compilePattern } from '../../policies/pattern.js';
 import { AuditLog } from '../../recordings/audit.js';
 import { loadDevIssuer } from '../../server/identity/dev-issuer.js';
 import { writeGatewayConfig } from '../helpers/gateway.js';
@@ -328,6 +329,23 @@ async function main() {
       time(() => JSON.stringify(bigRows)),
     );
 
+    // Custom patterns (policies/pattern.ts) over 1 MiB: a prefixed pattern on log-like text,
+    // against V8's RegExp on the same text as the baseline; then the worst case the limits
+    // allow, every state alive on every character.
+    const logText = Array.from(
+      { length: 1 << 14 },
+      (_, i) => `2026-12-02 ${i} user EMP-${String(100000 + i)} opened ticket ${i}\n`,
+    )
+      .join('')
+      .slice(0, 1 << 20);
+    const prefixed = compilePattern('\\bEMP-\\d{6}\\b');
+    const v8Prefixed = /\bEMP-\d{6}\b/g;
+    const best = (f: () => void) => Math.min(...Array.from({ length: 5 }, () => time(f)));
+    const nfaS = best(() => prefixed.spans(logText));
+    const v8S = best(() => logText.match(v8Prefixed));
+    const worst = compilePattern('a.{0,255}z');
+    const worstS = time(() => worst.spans('a'.repeat(1 << 20)));
+
     const [bareR, refR, govR, httpR] = results as [
       (typeof results)[0],
       (typeof results)[0],
@@ -361,7 +379,10 @@ async function main() {
       `masked / unmasked governed read: p50 ${(maskedR.p50 / plainR.p50).toFixed(2)}x, p99 ${(maskedR.p99 / plainR.p99).toFixed(2)}x\n` +
         `masker, 100k rows (${mb.toFixed(1)} MB as JSON): ${(mb / maskS).toFixed(1)} MB/s ` +
         `(${maskS.toFixed(2)} s); JSON.stringify of the same rows: ${(mb / jsonS).toFixed(1)} MB/s; ` +
-        `masking / stringify ${(maskS / jsonS).toFixed(1)}x\n`,
+        `masking / stringify ${(maskS / jsonS).toFixed(1)}x\n` +
+        `custom pattern \\bEMP-\\d{6}\\b over 1 MiB of log lines: ${(1.048576 / nfaS).toFixed(1)} MB/s; ` +
+        `V8 RegExp on the same text: ${(1.048576 / v8S).toFixed(1)} MB/s; NFA / V8 ${(nfaS / v8S).toFixed(1)}x\n` +
+        `custom pattern a.{0,255}z over 1 MiB of 'a' (worst case the limits allow): ${worstS.toFixed(2)} s\n`,
     );
   } finally {
     await Promise.allSettled(clients.map((c) => c.close()));

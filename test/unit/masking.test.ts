@@ -507,9 +507,98 @@ describe('cost', () => {
     ['dash-separated digits', '123-45-'.repeat(N / 7)],
     ['plus signs', '+1 '.repeat(N / 3)],
     ['unterminated PEM headers', '-----BEGIN RSA PRIVATE KEY-----\n'.repeat(N / 32)],
+    ['bearer words', 'Bearer '.repeat(N / 7)],
+    ['api key prefixes', 'ghp_sk-xoxb-AIza'.repeat(N / 16)],
+    ['a long api key body', 'sk-' + 'a'.repeat(N)],
   ])('scans 1 MiB of %s in linear time', (_what, text) => {
     const t = performance.now();
     masker(ALL).maskText(text);
     expect(performance.now() - t).toBeLessThan(1000);
+  });
+});
+
+describe('api keys and bearer tokens', () => {
+  const GH = 'ghp_' + 'a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8';
+  it.each([
+    [`token=${GH}`, 'token=[redacted:api_key]'],
+    [`x${GH}`, `x${GH}`], // glued to a word: not a token boundary (left for lineage)
+    ['github_pat_11ABCDEFG0123456789_abcdefghijklmnop', '[redacted:api_key]'],
+    ['glpat-Ab3dEf6hIj9lMn2pQr5t', '[redacted:api_key]'],
+    ['SLACK=xoxb-1234567890-abcdefghij', 'SLACK=[redacted:api_key]'],
+    ['sk_live_4eC39HqLyjWDarjtT1zdp7dc', '[redacted:api_key]'],
+    ['OPENAI_API_KEY=sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12', 'OPENAI_API_KEY=[redacted:api_key]'],
+    ['key AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q', 'key [redacted:api_key]'],
+    ['hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789', '[redacted:api_key]'],
+    // Prose and slugs that share a prefix stay as they are.
+    ['risk-assessment-quarterly-report-2026', 'risk-assessment-quarterly-report-2026'],
+    ['see sk-learn-documentation-for-details', 'see sk-learn-documentation-for-details'],
+    ['Authorization: Bearer abcDEF123456ghiJKL789==', 'Authorization: [redacted:bearer]'],
+    [
+      'curl -H "authorization: bearer 0123456789abcdef0123"',
+      'curl -H "authorization: [redacted:bearer]"',
+    ],
+    ['the bearer of bad news', 'the bearer of bad news'],
+    ['Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln', 'Bearer [redacted:jwt]'],
+  ])('%s', (text, want) => {
+    expect(masker(['api_key', 'bearer', 'jwt']).maskText(text).value).toBe(want);
+  });
+
+  it('keeps the vendor prefix only in partial style', () => {
+    expect(masker(['api_key'], 'partial').maskText(`k=${GH}`).value).toBe('k=ghp_********');
+  });
+});
+
+describe('custom patterns', () => {
+  const profile = (patterns: Record<string, string>, style: MaskStyle = 'redact'): MaskProfile => ({
+    detectors: ['email'],
+    columns: [],
+    style,
+    patterns,
+  });
+
+  it('masks what a pattern matches, counted under its name, also inside JSON', () => {
+    const m = createMasker([profile({ employee_id: '\\bEMP-\\d{6}\\b' })], { pseudonymKey: KEY });
+    const r = m.maskRows(
+      [{ name: 'doc' }],
+      [[{ owner: 'EMP-123456', cc: 'EMP-654321 and jane@example.com', id: 'EMP-1234567' }]],
+    );
+    expect(r.value[0]![0]).toEqual({
+      owner: '[redacted:employee_id]',
+      cc: '[redacted:employee_id] and [redacted:email]',
+      id: 'EMP-1234567',
+    });
+    expect(r.counts).toEqual({ employee_id: 2, email: 1 });
+  });
+
+  it('gives stable pseudonyms per key, and a run of overlapping matches is one value', () => {
+    const key = (k: Uint8Array) =>
+      createMasker([profile({ ticket: 'T-\\d{4}' }, 'pseudonym')], { pseudonymKey: k });
+    const a = key(KEY).maskText('T-1234 T-1234 T-12345').value;
+    expect(a).toMatch(/^ticket_[0-9a-f]{8} ticket_[0-9a-f]{8} ticket_[0-9a-f]{8}5$/);
+    const [x, y] = a.split(' ');
+    expect(x).toBe(y);
+    expect(key(OTHER_KEY).maskText('T-1234').value).not.toBe(x);
+  });
+
+  it.each([
+    [{ Bad: 'x' }, /name/],
+    [{ email: 'x+' }, /taken by a built-in/],
+    [{ p: '(?=x)y' }, /lookaround/],
+    [{ p: 'x*' }, /empty string/],
+  ])('refuses %j', (patterns, why) => {
+    expect(() => createMasker([profile(patterns)], { pseudonymKey: KEY })).toThrow(why);
+  });
+
+  it('refuses one name with two patterns across profiles', () => {
+    expect(() =>
+      createMasker([profile({ p: 'a+b' }), profile({ p: 'c+d' })], { pseudonymKey: KEY }),
+    ).toThrow(/defined twice/);
+  });
+
+  it('scans 1 MiB of adversarial text against a backtracking-prone pattern in linear time', () => {
+    const m = createMasker([profile({ evil: '(a|aa)+c' })], { pseudonymKey: KEY });
+    const t = performance.now();
+    m.maskText('a'.repeat(1 << 20));
+    expect(performance.now() - t).toBeLessThan(2000);
   });
 });

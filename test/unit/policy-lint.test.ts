@@ -493,3 +493,29 @@ describe('the tags postgres_query declares', () => {
     for (const t of expected) expect(SQL_TAGS).toContain(t);
   });
 });
+
+describe('custom masking patterns', () => {
+  it('a pattern that is not supported fails the load at its line, saying why', async () => {
+    const file = await write(
+      'policy.yaml',
+      `masking:
+  ids:
+    patterns:
+      employee_id: '\\bEMP-\\d{6}\\b'
+      badge: '(?<=B)\\d+'
+`,
+    );
+    const config = await loadConfig(await writeConfig());
+    const err = await loadPolicies(config.policies, config.file).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as Error).message).toContain(`${file}:5:14`);
+    expect((err as Error).message).toMatch(/masking pattern badge .*lookaround/);
+  });
+
+  it('a well-formed one loads', async () => {
+    await write('policy.yaml', `masking:\n  ids:\n    patterns: { employee_id: 'EMP-\\d{6}' }\n`);
+    const config = await loadConfig(await writeConfig());
+    const policies = await loadPolicies(config.policies, config.file);
+    expect(policies.profiles.ids?.patterns).toEqual({ employee_id: 'EMP-\\d{6}' });
+  });
+});
