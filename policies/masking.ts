@@ -119,6 +119,15 @@ export interface Lineage {
   aliases?: Record<string, { output: SourceRef[]; wholeRow: boolean }>;
   /** The statement reads the planner's statistics, which hold sampled column values. */
   statistics?: boolean;
+  /** Names given to relations (`FROM v AS x`): lower-case alias -> the relations (lower case). */
+  relationAliases?: Record<string, string[]>;
+  /**
+   * The views the statement reads, found in the target's catalog (tools/postgres/views.ts):
+   * per name the statement calls the view by (lower case), per view column (lower case), what
+   * the column is computed from. A condition on a view column computed from a masked column
+   * is a condition on that column.
+   */
+  viewColumns?: Record<string, Record<string, { output: SourceRef[]; wholeRow: boolean }>>;
 }
 
 export interface MaskResult<T> {
@@ -606,7 +615,25 @@ export function createMasker(
     return style === 'pseudonym' ? pseudonym('column', s) : '[redacted:column]';
   };
 
-  const maskedName = (ref: SourceRef) => globs.some((g) => g.column.test(ref.column));
+  /**
+   * A mention names a masked column: its name is one, or it is a column of a view the
+   * statement reads that is computed from one (or from a whole row).
+   */
+  let views: Lineage['viewColumns'];
+  const maskedName = (ref: SourceRef): boolean => {
+    if (globs.some((g) => g.column.test(ref.column))) return true;
+    if (!views) return false;
+    const column = ref.column.toLowerCase();
+    const named =
+      ref.qualifier === undefined ? Object.values(views) : [views[ref.qualifier.toLowerCase()]];
+    return named.some((cols) => {
+      const c = cols && Object.hasOwn(cols, column) ? cols[column] : undefined;
+      return (
+        c !== undefined &&
+        (c.wholeRow || c.output.some((r) => globs.some((g) => g.column.test(r.column))))
+      );
+    });
+  };
   /**
    * A mention is of a masked column when its name is one, or names (through the statement's
    * aliases, followed a few steps) a value computed from one or from a whole row.
@@ -648,6 +675,7 @@ export function createMasker(
     conditionLeak(lineage) {
       if (!active || globs.length === 0) return undefined;
       aliases = lineage.aliases;
+      views = lineage.viewColumns;
       if (lineage.wholeRowInConditions) return 'a whole row (which holds masked columns)';
       if (lineage.statistics) {
         return 'the planner statistics (pg_stats), which hold sampled values of every column';
@@ -661,6 +689,7 @@ export function createMasker(
     },
     touches(lineage) {
       aliases = lineage.aliases;
+      views = lineage.viewColumns;
       return (
         active &&
         globs.length > 0 &&
@@ -674,6 +703,7 @@ export function createMasker(
       const counts: Record<string, number> = {};
       if (!active) return { value: rows, counts };
       aliases = lineage?.aliases;
+      views = lineage?.viewColumns;
       // 'column': a masked column as it is (its NULLs stay NULL: that a value is missing is
       // shown). 'derived': a value computed from one, whose NULL is hidden too, since
       // `nullif(get_bit(…), 0)` turns each bit of the value into NULL-or-not.

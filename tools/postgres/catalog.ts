@@ -50,6 +50,11 @@ interface RelationRisk extends CatalogObject {
   why: string;
 }
 
+export interface ViewDefinition extends CatalogObject {
+  definition: string;
+  columns: string[];
+}
+
 export interface TargetCatalog {
   fingerprint: string;
   functions: ReadonlyMap<string, CatalogObject[]>;
@@ -60,6 +65,11 @@ export interface TargetCatalog {
   /** User types (and any type a user cast involves) that run user code when cast or compared. */
   types: ReadonlyMap<string, Array<CatalogObject & { why: string }>>;
   relations: ReadonlyMap<string, RelationRisk[]>;
+  /**
+   * Every user view and materialized view, trusted or not, by lower-case name: its definition
+   * and column names, for masking to follow a condition on a view column (views.ts).
+   */
+  views: ReadonlyMap<string, ViewDefinition[]>;
   /** Views and policies already classified, per body text. */
   readonly bodies: Map<string, { operation: SqlOperation; reason: string }>;
 }
@@ -96,7 +106,9 @@ SELECT concat_ws('/',
   (SELECT count(*) || ':' || coalesce(max(xmin::text::int8), 0) || ':' || coalesce(sum(oid::int8), 0) FROM pg_catalog.pg_constraint WHERE oid >= ${FIRST_NORMAL_OID}),
   (SELECT count(*) || ':' || coalesce(max(xmin::text::int8), 0) FROM pg_catalog.pg_inherits),
   (SELECT count(*) || ':' || coalesce(max(xmin::text::int8), 0) FROM pg_catalog.pg_range),
-  (SELECT count(*) || ':' || coalesce(max(xmin::text::int8), 0) FROM pg_catalog.pg_extension)
+  (SELECT count(*) || ':' || coalesce(max(xmin::text::int8), 0) FROM pg_catalog.pg_extension),
+  (SELECT count(*) || ':' || coalesce(max(a.xmin::text::int8), 0) FROM pg_catalog.pg_attribute a
+     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid WHERE c.relkind IN ('v', 'm') AND c.oid >= ${FIRST_NORMAL_OID})
 ) AS fingerprint`;
 
 /**
@@ -217,7 +229,12 @@ SELECT json_build_object(
       SELECT 'typed', '[]'::json, 'has column ' || tc.what
         FROM typed_columns tc WHERE tc.attrelid = c.oid
     ) k
-   WHERE c.oid >= ${FIRST_NORMAL_OID})
+   WHERE c.oid >= ${FIRST_NORMAL_OID}),
+  'views', (SELECT coalesce(json_agg(json_build_array(n.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid),
+                   (SELECT json_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))), '[]')
+              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('v', 'm') AND c.oid >= ${FIRST_NORMAL_OID})
 ) AS snapshot`;
 
 type Row4 = [string, string, string | null, ...unknown[]];
@@ -225,7 +242,13 @@ type Row4 = [string, string, string | null, ...unknown[]];
 /** Build the lookup maps from one snapshot, leaving out what the target trusts. */
 function buildCatalog(
   fingerprint: string,
-  snap: { functions: Row4[]; operators: Row4[]; types: Row4[]; relations: Row4[] },
+  snap: {
+    functions: Row4[];
+    operators: Row4[];
+    types: Row4[];
+    relations: Row4[];
+    views?: Array<[string, string, string | null, string[] | null]>;
+  },
   trust: TrustList,
 ): TargetCatalog {
   const trusted = (schema: string, name: string, ext: string | null) =>
@@ -255,6 +278,14 @@ function buildCatalog(
       bodies: (r[4] as string[] | null) ?? [],
       why: String(r[5]),
     })),
+    views: (snap.views ?? []).reduce((map, [schema, name, definition, columns]) => {
+      const key = name.toLowerCase();
+      map.set(key, [
+        ...(map.get(key) ?? []),
+        { schema, name, definition: definition ?? '', columns: columns ?? [] },
+      ]);
+      return map;
+    }, new Map<string, ViewDefinition[]>()),
     bodies: new Map(),
   };
 }

@@ -4,6 +4,7 @@ import { CallReason, type ToolDefinition } from '../types.js';
 import { deepFreeze } from '../../server/kernel/freeze.js';
 import { assertWellFormed, classifySql, SQL_TAGS, type SqlClassification } from './classify.js';
 import { refineClassification, type CatalogSource, type TargetCatalog } from './catalog.js';
+import { viewColumnsFor } from './views.js';
 import { log } from '../../server/kernel/log.js';
 import type { PostgresExecutor } from './executor.js';
 import type { ResolvedPostgresTarget } from './pool.js';
@@ -178,7 +179,9 @@ async function withCatalog(
   // The base finding leaves out unproven calls, which the target's trust list may allow.
   const settled = (s: (typeof c.statements)[number]) =>
     s.base.operation === 'unknown' || s.base.operation === 'admin';
-  if (!catalogs || c.statements.every(settled)) return { c };
+  // Views read are looked up whatever the operation: masking needs their columns (views.ts).
+  const readsRelations = (c.lineage.reads?.length ?? 0) > 0;
+  if (!catalogs || (c.statements.every(settled) && !readsRelations)) return { c };
   let catalog: TargetCatalog | undefined;
   try {
     catalog = await catalogs.get(target);
@@ -186,7 +189,12 @@ async function withCatalog(
     log.warn({ target, err: (err as Error).message }, 'cannot read the target catalog');
     return { c, unchecked: err };
   }
-  return { c: catalog ? refineClassification(c, catalog) : c };
+  if (!catalog) return { c };
+  const refined = refineClassification(c, catalog);
+  const viewColumns = viewColumnsFor(refined.lineage, catalog);
+  return {
+    c: viewColumns ? { ...refined, lineage: { ...refined.lineage, viewColumns } } : refined,
+  };
 }
 
 /**

@@ -120,10 +120,12 @@ const funcName = (node: Obj): string => {
 export function statementLineage(stmts: readonly unknown[]): Lineage {
   const relations = new Set<string>();
   const reads: Array<{ schema?: string; name: string }> = [];
-  collectRelations(stmts, relations, reads);
+  const relationAliases: Record<string, string[]> = {};
+  collectRelations(stmts, relations, reads, relationAliases);
   const whole = {
     ...collect(stmts, relations),
     reads,
+    relationAliases,
     aliases: collectAliases(stmts, relations),
     statistics: reads.some((r) => STATISTICS.has(r.name.toLowerCase())),
   };
@@ -352,10 +354,17 @@ function collectRelations(
   root: unknown,
   into: Set<string>,
   reads: Array<{ schema?: string; name: string }> = [],
+  relationAliases: Record<string, string[]> = {},
 ): void {
   eachNode(root, (v) => {
     if (isObj(v.RangeVar) && typeof v.RangeVar.relname === 'string') {
       into.add(v.RangeVar.relname.toLowerCase());
+      const alias = isObj(v.RangeVar.alias) ? v.RangeVar.alias.aliasname : undefined;
+      if (typeof alias === 'string') {
+        const key = alias.toLowerCase();
+        if (!Object.hasOwn(relationAliases, key)) relationAliases[key] = [];
+        relationAliases[key]!.push(v.RangeVar.relname.toLowerCase());
+      }
       reads.push({
         ...(typeof v.RangeVar.schemaname === 'string' ? { schema: v.RangeVar.schemaname } : {}),
         name: v.RangeVar.relname,
