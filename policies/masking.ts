@@ -442,6 +442,8 @@ interface Matcher {
 }
 
 interface ColumnGlob {
+  /** The rule as written, for the audit counts (`column:*.password`). */
+  source: string;
   schema?: Matcher;
   table?: Matcher;
   column: Matcher;
@@ -450,9 +452,10 @@ interface ColumnGlob {
 function toColumnGlob(glob: string): ColumnGlob {
   const parts = compileGlob(glob);
   const column = parts[parts.length - 1]!;
-  if (parts.length === 3) return { schema: parts[0]!, table: parts[1]!, column };
-  if (parts.length === 2) return { table: parts[0]!, column };
-  return { column };
+  const source = glob.trim();
+  if (parts.length === 3) return { source, schema: parts[0]!, table: parts[1]!, column };
+  if (parts.length === 2) return { source, table: parts[0]!, column };
+  return { source, column };
 }
 
 /**
@@ -463,17 +466,24 @@ function toColumnGlob(glob: string): ColumnGlob {
  * where the value came from, so we prefer masking. A schema-qualified glob matches a column
  * whose schema is unknown on its table and column parts alone, for the same reason.
  */
-function columnMatches(globs: readonly ColumnGlob[], origin: ColumnOrigin): boolean {
+function columnMatches(globs: readonly ColumnGlob[], origin: ColumnOrigin): ColumnGlob | undefined {
   if (origin.table !== undefined && origin.column !== undefined) {
     const { table, column, schema } = origin;
-    return globs.some(
+    return globs.find(
       (g) =>
         g.column.test(column) &&
         (g.table === undefined || g.table.test(table)) &&
         (g.schema === undefined || schema === undefined || g.schema.test(schema)),
     );
   }
-  return globs.some((g) => g.column.test(origin.name));
+  return globs.find((g) => g.column.test(origin.name));
+}
+
+/** Count one value hidden by a column rule: in all (`column`) and per rule (`column:GLOB`). */
+function countColumn(counts: Record<string, number>, rule: string): void {
+  counts.column = (counts.column ?? 0) + 1;
+  const key = `column:${rule}`;
+  counts[key] = (counts[key] ?? 0) + 1;
 }
 
 /**
@@ -582,8 +592,9 @@ export function createMasker(
       for (let n = 2; mk !== k && Object.hasOwn(out, mk); n++) mk = `${base}#${n}`;
       // A key a column rule names is that column inside a document ({"password": ...} in a
       // jsonb profile, a row turned into JSON): its value is hidden whole, whatever it holds.
-      if (x !== null && x !== undefined && globs.some((g) => g.column.test(k))) {
-        counts.column = (counts.column ?? 0) + 1;
+      const rule = x !== null && x !== undefined ? globs.find((g) => g.column.test(k)) : undefined;
+      if (rule) {
+        countColumn(counts, rule.source);
         out[mk] = maskCell(x);
         continue;
       }
@@ -707,23 +718,32 @@ export function createMasker(
       // 'column': a masked column as it is (its NULLs stay NULL: that a value is missing is
       // shown). 'derived': a value computed from one, whose NULL is hidden too, since
       // `nullif(get_bit(…), 0)` turns each bit of the value into NULL-or-not.
-      const hidden = columns.map((c, i): 'column' | 'derived' | undefined => {
+      // Which rule a derived value is counted under: the first one a column it is computed
+      // from matches ('derived' when it comes from a whole row or an alias chain).
+      const ruleOf = (refs: readonly SourceRef[]) =>
+        globs.find((g) => refs.some((r) => g.column.test(r.column)))?.source ?? 'derived';
+      type How = { how: 'column' | 'derived'; rule: string } | undefined;
+      const hidden = columns.map((c, i): How => {
         if (globs.length === 0) return undefined;
-        if (columnMatches(globs, c) && c.derived === undefined) return 'column';
-        if (c.derived !== undefined && (touchesMasked(c.derived) || columnMatches(globs, c))) {
-          return 'derived';
+        const direct = columnMatches(globs, c);
+        if (direct && c.derived === undefined) return { how: 'column', rule: direct.source };
+        if (c.derived !== undefined && (touchesMasked(c.derived) || direct)) {
+          return { how: 'derived', rule: direct?.source ?? ruleOf(c.derived.output) };
         }
         if ((c.table === undefined || c.column === undefined) && derivesMasked(lineage, i)) {
-          return 'derived';
+          return {
+            how: 'derived',
+            rule: ruleOf(lineage?.columns?.[i]?.output ?? lineage?.output ?? []),
+          };
         }
         return undefined;
       });
       const value = rows.map((row) =>
         row.map((cell, i) => {
-          const how = hidden[i];
-          if (how) {
-            if (how === 'column' && (cell === null || cell === undefined)) return cell;
-            counts.column = (counts.column ?? 0) + 1;
+          const h = hidden[i];
+          if (h) {
+            if (h.how === 'column' && (cell === null || cell === undefined)) return cell;
+            countColumn(counts, h.rule);
             if (cell === null || cell === undefined) return '[redacted:column]';
             return maskCell(cell);
           }

@@ -278,7 +278,10 @@ describe('idempotence', () => {
       const rows1 = c.maskRows(cols, [row]);
       const rows2 = c.maskRows(cols, rows1.value);
       expect(rows2.value).toEqual(rows1.value);
-      expect(rows2.counts).toEqual({ column: 7 });
+      expect(rows2.counts).toEqual({
+        column: 7,
+        ...Object.fromEntries(hidden.map((h) => [`column:${h}`, 1])),
+      });
     },
   );
 });
@@ -305,7 +308,8 @@ describe('maskRows', () => {
       [2, null, '[redacted:email]', null],
       [3, '[redacted:column]', 'no email', ['[redacted:credit_card]', 7]],
     ]);
-    expect(r.counts).toEqual({ column: 2, email: 3, credit_card: 1 });
+    // Per detector, and per column rule beside the total.
+    expect(r.counts).toEqual({ column: 2, 'column:*.password': 2, email: 3, credit_card: 1 });
     expect(rows).toEqual(input); // the input is not mutated
   });
 
@@ -409,7 +413,7 @@ describe('maskRows', () => {
       ],
       [{ password: null }],
     ]);
-    expect(r.counts).toEqual({ column: 2 });
+    expect(r.counts).toEqual({ column: 2, 'column:*.password': 1, 'column:customers.ssn': 1 });
   });
 
   it('a computed value from a masked column hides its NULLs too; the column itself keeps them', () => {
