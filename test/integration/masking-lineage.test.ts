@@ -263,6 +263,14 @@ describe.skipIf(!pgInfo.available)('masking follows the data through expressions
     const recs = path.join(gw.dir, 'recordings');
     for (const f of await readdir(recs)) files.push(path.join(recs, f));
     for (const f of files) expect(leaks(await readFile(f, 'utf8')), f).toEqual([]);
+    // The outcome lines count what each column rule and detector hid.
+    const outcomes = (await readFile(files[0]!, 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { masked?: Record<string, number> | null });
+    const total = (key: string) => outcomes.reduce((n, l) => n + (l.masked?.[key] ?? 0), 0);
+    expect(total('column:*.password')).toBeGreaterThan(40);
+    expect(total('column:*.password')).toBeLessThanOrEqual(total('column'));
   });
 });
 
