@@ -34,6 +34,12 @@ export interface MaskProfile {
   /** Add the columns discovery finds on the call's target to `columns` (server/discovery.ts). */
   discover?: boolean;
   /**
+   * A value computed from a masked column: `mask` (default) hides it; `deny` refuses the
+   * statement, since whether a computation fails, how long it runs and how large its result
+   * is can each answer a question about the value (`1/(ascii(password) - 97)`).
+   */
+  computed?: 'mask' | 'deny';
+  /**
    * Custom detectors, by name: patterns in a linear-time subset of regular expressions
    * (policies/pattern.ts). What they match is masked like a detector's find.
    */
@@ -104,6 +110,13 @@ export interface Lineage {
   wholeRow: boolean;
   wholeRowInConditions: boolean;
   /**
+   * Columns used as arguments of a computation whose value flows into the result (a function,
+   * an operator, a cast, a CASE), and whether a whole row is: for profiles with
+   * `computed: deny`, which refuse computations over masked values.
+   */
+  computed?: SourceRef[];
+  wholeRowComputed?: boolean;
+  /**
    * Per result column, when the statement lets each be told apart (a plain SELECT without
    * `*`): what that column is computed from. With `inner`, what the derived relations it
    * reads from (subqueries, functions in FROM, CTEs) put out, which any column may carry.
@@ -150,6 +163,11 @@ export interface Masker {
    * column (or a whole row), which reveals the value bit by bit whatever the result shows.
    */
   conditionLeak(lineage: Lineage): string | undefined;
+  /**
+   * Under a profile with `computed: deny`: the masked column (or whole row) the statement
+   * computes on, or undefined.
+   */
+  computationLeak(lineage: Lineage): string | undefined;
   /** Does the statement mention a masked column, or use a whole row, anywhere? */
   touches(lineage: Lineage): boolean;
   /** Detectors only: error texts, command output, anything that is not a result set. */
@@ -500,6 +518,16 @@ export function maskingConditionLeak(
   return createMasker(profiles, { pseudonymKey: new Uint8Array(16) }).conditionLeak(lineage);
 }
 
+/** The same for computations over masked values, under profiles with `computed: deny`. */
+export function maskingComputationLeak(
+  profiles: readonly MaskProfile[],
+  lineage: Lineage,
+): string | undefined {
+  const strict = profiles.filter((p) => p.computed === 'deny');
+  if (strict.length === 0) return undefined;
+  return createMasker(strict, { pseudonymKey: new Uint8Array(16) }).computationLeak(lineage);
+}
+
 export function createMasker(
   profiles: readonly MaskProfile[],
   opts: { pseudonymKey: Uint8Array },
@@ -692,6 +720,18 @@ export function createMasker(
         return 'the planner statistics (pg_stats), which hold sampled values of every column';
       }
       const ref = lineage.conditions.find(masked);
+      if (!ref) return undefined;
+      const name = `${ref.qualifier ? `${ref.qualifier}.` : ''}${ref.column}`;
+      return maskedName(ref)
+        ? `masked column ${name}`
+        : `${name}, a name for a masked column or a value computed from one`;
+    },
+    computationLeak(lineage) {
+      if (!active || globs.length === 0) return undefined;
+      aliases = lineage.aliases;
+      views = lineage.viewColumns;
+      if (lineage.wholeRowComputed) return 'a whole row (which holds masked columns)';
+      const ref = (lineage.computed ?? []).find(masked);
       if (!ref) return undefined;
       const name = `${ref.qualifier ? `${ref.qualifier}.` : ''}${ref.column}`;
       return maskedName(ref)

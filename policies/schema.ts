@@ -136,6 +136,11 @@ export const MaskProfileSchema = z.strictObject({
    */
   discover: z.boolean().default(false),
   /**
+   * A value computed from a masked column: hidden (`mask`), or the statement refused (`deny`),
+   * which also closes the side channels of the computation (its errors, time and size).
+   */
+  computed: z.enum(['mask', 'deny']).default('mask'),
+  /**
    * Custom detectors: name -> pattern, in the linear-time subset policies/pattern.ts reads
    * (no anchors, lookaround or backreferences). Compiled here, so a bad one fails the load.
    */

@@ -4,7 +4,11 @@ import {
   type PolicyEngine,
   type Principal,
 } from '../policies/engine.js';
-import { maskingConditionLeak, type MaskProfile } from '../policies/masking.js';
+import {
+  maskingComputationLeak,
+  maskingConditionLeak,
+  type MaskProfile,
+} from '../policies/masking.js';
 import type { ToolRegistry } from '../tools/registry.js';
 import type {
   CallDescription,
@@ -110,14 +114,26 @@ export class DecisionPoint {
     }
     const profiles = this.profilesFor(decision.mask, description.target);
     const leak = maskingConditionLeak(profiles, description.lineage);
-    if (!leak) return decision;
-    return {
-      ...decision,
-      effect: 'deny',
-      reason:
-        `the statement filters, joins, orders, groups or counts rows by ${leak}, which reveals it bit by bit ` +
-        'whatever the result shows (the rule masks it)',
-    };
+    if (leak) {
+      return {
+        ...decision,
+        effect: 'deny',
+        reason:
+          `the statement filters, joins, orders, groups or counts rows by ${leak}, which reveals it bit by bit ` +
+          'whatever the result shows (the rule masks it)',
+      };
+    }
+    const computes = maskingComputationLeak(profiles, description.lineage);
+    if (computes) {
+      return {
+        ...decision,
+        effect: 'deny',
+        reason:
+          `the statement computes on ${computes}: whether a computation fails, how long it runs and how ` +
+          'large its result is can each answer a question about the value (the rule masks it, with computed: deny)',
+      };
+    }
+    return decision;
   }
 
   /** All of it at once: what explain, `policy explain` and `policy test` ask. */

@@ -509,3 +509,84 @@ describe.skipIf(!pgInfo.available)('masking follows a masked column into views',
     expect((r.structuredContent as { rows: unknown[][] }).rows).toEqual([[1, 'admin', 'admin']]);
   });
 });
+
+describe.skipIf(!pgInfo.available)('computed: deny refuses computations over masked values', () => {
+  const strict = {
+    rules: [
+      {
+        id: 'strict-read',
+        match: { groups: ['analysts'], tools: ['postgres_query'], operations: ['read'] },
+        effect: 'allow',
+        mask: ['secrets'],
+      },
+    ],
+    masking: { secrets: { columns: ['*.password'], computed: 'deny', style: 'redact' } },
+  };
+  let gw: TestGateway;
+  let client: TestClient;
+
+  beforeAll(async () => {
+    gw = await startGateway({ pg: pgInfo, policy: strict });
+    client = await gw.connect(await gw.mint('ana', ['analysts']));
+  });
+  afterAll(async () => {
+    await gw?.close();
+  });
+
+  it.each([
+    // Whether the statement fails answers a question about the value, whatever is masked.
+    "SELECT CASE WHEN substr(password, 8, 1) = 'a' THEN 1/0 ELSE 1 END FROM users WHERE id = 1",
+    'SELECT 1 / (ascii(substr(password, 8, 1)) - 97) FROM users WHERE id = 1',
+    'SELECT substr(password, 8, 1)::int FROM users WHERE id = 1',
+    "SELECT CASE WHEN password > '$2b$12$m' THEN pg_sleep(1) END FROM users",
+    'SELECT repeat(password, 1000000) FROM users',
+    "SELECT lower(x) FROM (SELECT password AS x FROM users) s",
+    'SELECT count(password) FROM users',
+    'SELECT (row_to_json(u)->>$1)::int FROM users u',
+    'SELECT u::text FROM users u',
+  ])('%s is refused before it runs', async (sql) => {
+    const r = await client.call('postgres_query', {
+      target: 'app-db',
+      sql,
+      ...(sql.includes('$1') ? { params: ['password'] } : {}),
+    });
+    expect(textOf(r)).toMatch(
+      /^DENIED by rule strict-read: the statement computes on (masked column password|x, a name for|a whole row)/,
+    );
+  });
+
+  it('the column itself, and everything not computed from it, still comes back', async () => {
+    const r = await client.call('postgres_query', {
+      target: 'app-db',
+      sql: 'SELECT id, upper(role), password FROM users ORDER BY id LIMIT 1',
+    });
+    expect(r.isError, textOf(r)).toBeFalsy();
+    expect((r.structuredContent as { rows: unknown[][] }).rows).toEqual([
+      [1, 'ADMIN', '[redacted:column]'],
+    ]);
+  });
+
+  it('without computed: deny the same statement runs, its error withheld (the known limit)', async () => {
+    const r = await analystWithDefault();
+    expect(textOf(r)).toMatch(/^TARGET_ERROR: app-db: the statement failed/);
+  });
+
+  async function analystWithDefault() {
+    const loose = await startGateway({
+      pg: pgInfo,
+      policy: {
+        ...strict,
+        masking: { secrets: { columns: ['*.password'], style: 'redact' } },
+      },
+    });
+    try {
+      const c = await loose.connect(await loose.mint('ana', ['analysts']));
+      return await c.call('postgres_query', {
+        target: 'app-db',
+        sql: 'SELECT 1 / (ascii(substr(password, 1, 1)) - 36) FROM users WHERE id = 1',
+      });
+    } finally {
+      await loose.close();
+    }
+  }
+});

@@ -214,17 +214,33 @@ function perColumn(
 }
 
 function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lineage {
-  const out: Lineage = { output: [], conditions: [], wholeRow: false, wholeRowInConditions: false };
+  const out: Lineage = {
+    output: [],
+    conditions: [],
+    wholeRow: false,
+    wholeRowInConditions: false,
+    computed: [],
+    wholeRowComputed: false,
+  };
   const seen = { output: new Set<string>(), conditions: new Set<string>() };
-  const add = (ctx: Ctx, ref: SourceRef) => {
+  const computed = new Set<string>();
+  // `direct`: the column is a select-list item as it is; anything else in the output is an
+  // argument of a computation (a function, an operator, a cast, a CASE).
+  const add = (ctx: Ctx, ref: SourceRef, direct = true) => {
     const key = `${ref.qualifier ?? ''}.${ref.column}`;
+    if (ctx === 'output' && !direct && !computed.has(key)) {
+      computed.add(key);
+      out.computed!.push(ref);
+    }
     if (seen[ctx].has(key)) return;
     seen[ctx].add(key);
     out[ctx].push(ref);
   };
-  const whole = (ctx: Ctx) => {
-    if (ctx === 'output') out.wholeRow = true;
-    else out.wholeRowInConditions = true;
+  const whole = (ctx: Ctx, direct = true) => {
+    if (ctx === 'output') {
+      out.wholeRow = true;
+      if (!direct) out.wholeRowComputed = true;
+    } else out.wholeRowInConditions = true;
   };
 
   // Iterative: a deep tree (the parser accepts thousands of nested expressions) must not
@@ -247,7 +263,7 @@ function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lin
     if (isObj(v.FuncCall) && ctx !== 'neutral') {
       const name = funcName(v.FuncCall);
       // A table dumped by name carries every column of it, masked ones included.
-      if (TABLE_DUMP.test(name)) whole(ctx);
+      if (TABLE_DUMP.test(name)) whole(ctx, false);
       if (SET_RETURNING.has(name)) {
         for (const [key, child] of Object.entries(v.FuncCall)) {
           stack.push({ v: child, ctx: key === 'args' ? 'conditions' : ctx });
@@ -330,14 +346,14 @@ function columnRef(
   ctx: Ctx,
   direct: boolean,
   relations: ReadonlySet<string>,
-  add: (ctx: Ctx, ref: SourceRef) => void,
-  whole: (ctx: Ctx) => void,
+  add: (ctx: Ctx, ref: SourceRef, direct?: boolean) => void,
+  whole: (ctx: Ctx, direct?: boolean) => void,
 ): void {
   const fields = Array.isArray(node.fields) ? node.fields : [];
   const names = fields.map((f) => (isObj(f) && isObj(f.String) ? String(f.String.sval) : null));
   const star = fields.some((f) => isObj(f) && f.A_Star !== undefined);
   if (star) {
-    if (!direct) whole(ctx);
+    if (!direct) whole(ctx, false);
     return;
   }
   const parts = names.filter((n): n is string => n !== null);
@@ -345,8 +361,8 @@ function columnRef(
   if (column === undefined) return;
   // A bare name that is also a relation in the statement may be that relation's whole row
   // (`SELECT u FROM users u`); it may also be a column: both, to be safe.
-  if (parts.length === 1 && relations.has(column.toLowerCase())) whole(ctx);
-  add(ctx, parts.length > 1 ? { qualifier: parts.at(-2)!, column } : { column });
+  if (parts.length === 1 && relations.has(column.toLowerCase())) whole(ctx, direct);
+  add(ctx, parts.length > 1 ? { qualifier: parts.at(-2)!, column } : { column }, direct);
 }
 
 /** Every name a relation goes by in the statements: tables, aliases, CTEs, functions in FROM. */
