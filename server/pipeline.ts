@@ -195,7 +195,7 @@ export async function handleToolCall(
             callId: received.callId,
             tool,
             code: failure.code,
-            cause: describeCause(failure.cause),
+            cause: causeForLog(reached, failure),
           },
           'call failed',
         );
@@ -904,6 +904,35 @@ async function record(c: Reached, result: CallToolResult): Promise<void> {
     // The audit log is the record of truth and was written; a recording failure is logged loudly.
     log.error({ callId: c.callId, err: describeCause(err) }, 'session recording failed');
   }
+}
+
+/**
+ * A failure's cause for the operator's log. The log is kept like the audit log: a target's
+ * error text can quote a stored value (`invalid input syntax for type integer: "<value>"`),
+ * so under masking it is masked, and withheld when the statement touches a masked column (the
+ * SQLSTATE stays: it is the operator's clue, and the log is not the agent's); the credentials
+ * the call used are scrubbed from it.
+ */
+function causeForLog(c: Reached, failure: GovernanceError): unknown {
+  const cause = describeCause(failure.cause);
+  if (failure.code !== 'TARGET_ERROR' || !isObj(cause) || typeof cause.message !== 'string') {
+    return cause;
+  }
+  let message = cause.message;
+  if (hasDecision(c)) {
+    const masker = c.rt.maskerFor(c.decision.mask, c.described.description.target);
+    const lineage = c.described.description.lineage;
+    if (masker.active && lineage !== undefined && masker.touches(lineage)) {
+      message = '[withheld: the statement touches a masked column]';
+    } else if (masker.active) message = masker.maskText(message).value;
+  }
+  for (const secret of 'open' in c ? c.open.secrets : [])
+    message = message.split(secret).join('[secret]');
+  return { ...cause, message };
+}
+
+function isObj(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null;
 }
 
 function describeCause(cause: unknown): unknown {

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { loadDevIssuer } from '../../server/identity/dev-issuer.js';
 import { writeGatewayConfig } from '../helpers/gateway.js';
 import { CLI, cliEnv } from '../helpers/cli.js';
+import { connectAs } from '../helpers/postgres.js';
 
 const pgInfo = inject('pg');
 
@@ -117,6 +118,10 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
     await call('postgres_query', { target: 'app-db', sql: 'SELECT usename, passwd FROM pg_user' });
     await call('list_targets', {});
     await call('explain', { tool: 'postgres_query', input: { target: 'app-db', sql: 'SELECT 1' } });
+    // Errors that quote a stored value: a masked one (withheld everywhere, the stderr log
+    // included) and an email (masked by its detector there too).
+    await call('postgres_query', { target: 'app-db', sql: 'SELECT password::int FROM users' });
+    await call('postgres_query', { target: 'app-db', sql: 'SELECT email::int FROM customers' });
     await client.close();
     // Give the process a moment to flush its last log lines.
     await new Promise((r) => setTimeout(r, 300));
@@ -163,6 +168,24 @@ describe.skipIf(!pgInfo.available)('gatehouse serve over stdio', () => {
     }
     // The pseudonyms were made with it.
     expect(JSON.stringify(results)).toMatch(/email_[0-9a-f]{8}/);
+    // No stored password hash or email reached any file or the log through an error text.
+    const su = await connectAs(pgInfo, 'superuser');
+    try {
+      const stored = [
+        ...(await su.query<{ v: string }>('SELECT password AS v FROM users')).rows,
+        ...(await su.query<{ v: string }>('SELECT email AS v FROM customers')).rows,
+      ].map((r) => r.v);
+      expect(stored.length).toBeGreaterThan(20);
+      for (const [where, text] of Object.entries(everything)) {
+        expect(
+          stored.filter((v) => text.includes(v)),
+          `${where} holds a stored value`,
+        ).toEqual([]);
+      }
+    } finally {
+      await su.end();
+    }
+    expect(stderr).toContain('[withheld: the statement touches a masked column]');
   });
 
   it('gatehouse audit verify passes on that log, and fails on an edited or torn line', async () => {
