@@ -227,6 +227,9 @@ export function ibanValid(iban: string): boolean {
 
 const REDACT_ONLY = (): string => '';
 
+/** Characters that render as nothing (zero-width spaces and joiners, soft hyphens, BOMs…). */
+const INVISIBLE = /\p{Default_Ignorable_Code_Point}/gu;
+
 /**
  * Vendor prefixes of API keys and tokens, each with the body it is followed by: GitHub
  * (classic and fine-grained), GitLab, Slack (bot/user/app), Stripe secret and restricted keys,
@@ -249,8 +252,11 @@ const API_KEY_PREFIXES: ReadonlyArray<readonly [string, string]> = [
   ['shp(?:at|ca|pa|ss)_', '[A-Fa-f0-9]{32,}'],
   ['do[opr]_v1_', '[a-f0-9]{64,}'],
 ];
-const API_KEY_PREFIX = new RegExp(API_KEY_PREFIXES.map(([p]) => p).join('|'));
-const API_KEY_PREFIX_AT_START = new RegExp(`^(?:${API_KEY_PREFIXES.map(([p]) => p).join('|')})`);
+const API_KEY_PREFIX = new RegExp(API_KEY_PREFIXES.map(([p]) => p).join('|'), 'i');
+const API_KEY_PREFIX_AT_START = new RegExp(
+  `^(?:${API_KEY_PREFIXES.map(([p]) => p).join('|')})`,
+  'i',
+);
 function apiKeyPrefix(m: string): string {
   return API_KEY_PREFIX_AT_START.exec(m)?.[0] ?? '';
 }
@@ -291,9 +297,10 @@ const DETECTORS: Record<Detector, DetectorImpl> = {
     // Prefixes that vendors put on their secrets so scanners can find them. The body runs as
     // far as its characters go (a character glued on is taken in, never a reason to let the
     // key through); a digit and a letter in it keep slugs such as `risk-assessment-…` out.
+    // Case-insensitive: an upper-cased key (`GHP_…`) still gives most of it away.
     pattern: new RegExp(
       `(?<![A-Za-z0-9])(?:${API_KEY_PREFIXES.map(([p, body]) => `${p}${body}`).join('|')})`,
-      'g',
+      'gi',
     ),
     valid: (m) => {
       const body = m.slice(apiKeyPrefix(m).length);
@@ -576,7 +583,25 @@ export function createMasker(
     return `[redacted:${d}]`;
   };
 
+  /**
+   * Detectors and patterns over `text`; then, when the text holds anything beyond ASCII, over
+   * its look-alike-free form too (NFKC, which maps fullwidth `ｇｈｐ＿` and the like to ASCII,
+   * without the invisible characters a value can be sprinkled with): if that form shows a value
+   * the text itself hid, the normalized form is what is shown, masked.
+   */
   const maskString = (text: string, counts: Record<string, number>): string => {
+    const out = scanString(text, counts);
+    if (!/[\u0080-\uffff]/.test(out)) return out;
+    const plain = out.normalize('NFKC').replace(INVISIBLE, '');
+    if (plain === out) return out;
+    const extra: Record<string, number> = {};
+    const masked = scanString(plain, extra);
+    if (Object.keys(extra).length === 0) return out;
+    for (const [k, n] of Object.entries(extra)) counts[k] = (counts[k] ?? 0) + n;
+    return masked;
+  };
+
+  const scanString = (text: string, counts: Record<string, number>): string => {
     let out = text;
     for (const d of detectors) {
       const impl = DETECTORS[d];

@@ -606,3 +606,26 @@ describe('custom patterns', () => {
     expect(performance.now() - t).toBeLessThan(2000);
   });
 });
+
+describe('look-alike characters and case', () => {
+  const fullwidth = (s: string) =>
+    [...s]
+      .map((c) => (c > ' ' && c <= '~' ? String.fromCodePoint(c.codePointAt(0)! + 0xfee0) : c))
+      .join('');
+  const GH = 'ghp_Q9x7LmN2pR5sT8vW1yZ4aB6cD3eF0gH7jK9m';
+  it.each([
+    ['a fullwidth key', `token ${fullwidth(GH)}`, 'token [redacted:api_key]'],
+    ['zero-width spaces in an email', 'mail j\u200bane@exa\u200bmple.com', 'mail [redacted:email]'],
+    ['a soft hyphen in a card', 'card 4111 \u00ad1111 1111 1111', null],
+    ['an upper-cased key', `k=${GH.toUpperCase()}`, 'k=[redacted:api_key]'],
+  ])('%s is still found', (_what, text, want) => {
+    const r = masker(['api_key', 'email', 'credit_card']).maskText(text);
+    if (want) expect(r.value).toBe(want);
+    expect(Object.values(r.counts).reduce((a, b) => a + b, 0)).toBe(1);
+  });
+
+  it('text beyond ASCII with nothing to find is left exactly as it is', () => {
+    const text = 'Grüße aus Köln — ｆｕｌｌｗｉｄｔｈ ok\u200b';
+    expect(masker(ALL).maskText(text)).toEqual({ value: text, counts: {} });
+  });
+});

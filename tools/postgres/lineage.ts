@@ -92,6 +92,52 @@ const STATISTICS = new Set([
   'pg_statistic_ext_data',
 ]);
 
+/** Functions whose argument is how long the statement takes: a clock is a result too. */
+const SLEEP = new Set(['pg_sleep', 'pg_sleep_for', 'pg_sleep_until']);
+
+/**
+ * Operators that compare. A comparison in a select list is a yes/no question about its
+ * operands; routed through CASE, COALESCE or AND/OR it decides what else runs (a division by
+ * zero, a sleep), which the call's outcome shows however the value itself is masked.
+ */
+const COMPARISON_OPS = new Set(
+  '= <> != < > <= >= ~ ~* !~ !~* ~~ ~~* !~~ !~~* ^@ @@ @> <@ && ? ?| ?&'.split(' '),
+);
+const COMPARISON_KINDS = new Set([
+  'AEXPR_OP_ANY',
+  'AEXPR_OP_ALL',
+  'AEXPR_DISTINCT',
+  'AEXPR_NOT_DISTINCT',
+  'AEXPR_NULLIF',
+  'AEXPR_IN',
+  'AEXPR_LIKE',
+  'AEXPR_ILIKE',
+  'AEXPR_SIMILAR',
+  'AEXPR_BETWEEN',
+  'AEXPR_NOT_BETWEEN',
+  'AEXPR_BETWEEN_SYM',
+  'AEXPR_NOT_BETWEEN_SYM',
+]);
+
+function isComparison(e: Obj): boolean {
+  if (typeof e.kind === 'string' && COMPARISON_KINDS.has(e.kind)) return true;
+  const parts: unknown[] = Array.isArray(e.name) ? e.name : [];
+  const last = parts.at(-1);
+  const op = isObj(last) && isObj(last.String) ? String(last.String.sval) : '';
+  return e.kind === 'AEXPR_OP' && COMPARISON_OPS.has(op);
+}
+
+const COMPARING_SUBLINKS = new Set(['ANY_SUBLINK', 'ALL_SUBLINK', 'ROWCOMPARE_SUBLINK']);
+
+/** Plain `SELECT DISTINCT` (not DISTINCT ON): the parser's list of one empty node. */
+function isPlainDistinct(clause: unknown): boolean {
+  return (
+    Array.isArray(clause) &&
+    clause.length > 0 &&
+    clause.every((x) => isObj(x) && Object.keys(x).length === 0)
+  );
+}
+
 /** Functions that turn whole tables into a value by name (`table_to_xml('users', …)`). */
 const TABLE_DUMP = /(^|_)to_xml(_and_xmlschema)?$/;
 
@@ -264,11 +310,32 @@ function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lin
       const name = funcName(v.FuncCall);
       // A table dumped by name carries every column of it, masked ones included.
       if (TABLE_DUMP.test(name)) whole(ctx, false);
-      if (SET_RETURNING.has(name)) {
+      if (SET_RETURNING.has(name) || SLEEP.has(name)) {
         for (const [key, child] of Object.entries(v.FuncCall)) {
           stack.push({ v: child, ctx: key === 'args' ? 'conditions' : ctx });
         }
         continue;
+      }
+    }
+    if (ctx === 'output') {
+      // Questions asked inside a select list: what they compare is a condition too (and the
+      // node is still walked as output below, for what its value is computed from).
+      if (isObj(v.A_Expr) && isComparison(v.A_Expr)) {
+        stack.push(
+          { v: v.A_Expr.lexpr, ctx: 'conditions' },
+          { v: v.A_Expr.rexpr, ctx: 'conditions' },
+        );
+      }
+      if (isObj(v.CaseExpr)) {
+        stack.push({ v: v.CaseExpr.arg, ctx: 'conditions' });
+        for (const w of Array.isArray(v.CaseExpr.args) ? v.CaseExpr.args : []) {
+          if (isObj(w) && isObj(w.CaseWhen)) stack.push({ v: w.CaseWhen.expr, ctx: 'conditions' });
+        }
+      }
+      if (isObj(v.SubLink) && COMPARING_SUBLINKS.has(String(v.SubLink.subLinkType))) {
+        // `x IN (SELECT …)`, `x = ANY (SELECT …)`, `ROW(…) < (SELECT …)`: rows are compared.
+        stack.push({ v: v.SubLink.testexpr, ctx: 'conditions' });
+        stack.push({ v: v.SubLink.subselect, ctx: 'conditions' });
       }
     }
     if (isObj(v.RangeFunction) && ctx !== 'neutral') {
@@ -292,6 +359,27 @@ function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lin
         if (val === undefined || isStar(val)) whole('conditions');
         return val;
       };
+      if (typeof select.op === 'string' && select.op !== 'SETOP_NONE') {
+        // UNION, INTERSECT and EXCEPT compare the rows of their arms (UNION ALL feeds a
+        // DISTINCT or GROUP BY outside it with values of the caller's choosing): every column
+        // the arms put out is compared, so it is a condition too.
+        stack.push({ v: select.larg, ctx: 'conditions' }, { v: select.rarg, ctx: 'conditions' });
+        // A `*` in an arm compares every column of the row.
+        for (const arm of [select.larg, select.rarg]) {
+          const list = isObj(arm) && Array.isArray(arm.targetList) ? arm.targetList : [];
+          if (list.some((t) => isObj(t) && isObj(t.ResTarget) && isStar(t.ResTarget.val))) {
+            whole('conditions');
+          }
+        }
+      }
+      if (isPlainDistinct(select.distinctClause)) {
+        // DISTINCT compares the select list: a bare column only for equality among stored
+        // values (as GROUP BY a column does); anything computed asks a question.
+        for (const t of targets) {
+          const val = isObj(t) && isObj(t.ResTarget) ? t.ResTarget.val : undefined;
+          if (!(isObj(val) && isObj(val.ColumnRef))) stack.push({ v: val, ctx: 'conditions' });
+        }
+      }
       for (const [key, child] of Object.entries(select)) {
         if (key === 'groupClause' && Array.isArray(child)) {
           // Grouping by a bare column reveals only equality; by an expression, a question.
