@@ -117,6 +117,13 @@ export interface Lineage {
   computed?: SourceRef[];
   wholeRowComputed?: boolean;
   /**
+   * Bare columns rows are grouped or made distinct by (`GROUP BY country`, `SELECT DISTINCT
+   * country`): equality among stored values only, allowed on a masked column itself, but not
+   * on a name that stands for something else (a subquery's alias of a computed value, a
+   * VALUES column that mixes a masked value with one the caller wrote).
+   */
+  grouped?: SourceRef[];
+  /**
    * Per result column, when the statement lets each be told apart (a plain SELECT without
    * `*`): what that column is computed from. With `inner`, what the derived relations it
    * reads from (subqueries, functions in FROM, CTEs) put out, which any column may carry.
@@ -744,7 +751,14 @@ export function createMasker(
       if (lineage.statistics) {
         return 'the planner statistics (pg_stats), which hold sampled values of every column';
       }
-      const ref = lineage.conditions.find(masked);
+      const ref =
+        lineage.conditions.find(masked) ??
+        (lineage.grouped ?? []).find(
+          (r) =>
+            masked(r) &&
+            (!globs.some((g) => g.column.test(r.column)) ||
+              (aliases !== undefined && Object.hasOwn(aliases, r.column))),
+        );
       if (!ref) return undefined;
       const name = `${ref.qualifier ? `${ref.qualifier}.` : ''}${ref.column}`;
       return maskedName(ref)

@@ -225,6 +225,13 @@ describe.skipIf(!pgInfo.available)('masking follows the data through expressions
     'SELECT DISTINCT substr(password, 1, 8) FROM users',
     `SELECT DISTINCT x FROM (SELECT substr(password, 8, 1) AS x FROM users WHERE id = 1
        UNION ALL SELECT 's') s`,
+    // Grouping by a name that stands for a computed value, or for one mixed with the
+    // caller's own (VALUES), compares more than stored values with each other.
+    'SELECT count(*) FROM (SELECT substr(password, 8, 1) AS x FROM users) s GROUP BY x',
+    `SELECT count(*) FROM users u CROSS JOIN LATERAL (VALUES (u.password), ('guess')) v(password)
+      WHERE u.id = 1 GROUP BY v.password`,
+    `SELECT DISTINCT z FROM users u CROSS JOIN LATERAL (VALUES (substr(u.password, 8, 1)), ('s')) v(z)
+      WHERE u.id = 1`,
     // A comparison in the select list decides what else runs: an error, a sleep.
     "SELECT id, CASE WHEN substr(password, 8, 1) = 's' THEN 1 / (id - id) ELSE 1 END FROM users WHERE id = 1",
     "SELECT CASE substr(password, 8, 1) WHEN 's' THEN 1 / (id - id) END FROM users",

@@ -267,6 +267,7 @@ function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lin
     wholeRowInConditions: false,
     computed: [],
     wholeRowComputed: false,
+    grouped: [],
   };
   const seen = { output: new Set<string>(), conditions: new Set<string>() };
   const computed = new Set<string>();
@@ -377,7 +378,9 @@ function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lin
         // values (as GROUP BY a column does); anything computed asks a question.
         for (const t of targets) {
           const val = isObj(t) && isObj(t.ResTarget) ? t.ResTarget.val : undefined;
-          if (!(isObj(val) && isObj(val.ColumnRef))) stack.push({ v: val, ctx: 'conditions' });
+          const bare = isObj(val) && isObj(val.ColumnRef) ? refOf(val.ColumnRef) : undefined;
+          if (bare) out.grouped!.push(bare);
+          else if (!(isObj(val) && isStar(val))) stack.push({ v: val, ctx: 'conditions' });
         }
       }
       for (const [key, child] of Object.entries(select)) {
@@ -385,10 +388,9 @@ function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lin
           // Grouping by a bare column reveals only equality; by an expression, a question.
           for (const item of child as unknown[]) {
             const val = byPosition(item);
-            stack.push({
-              v: val,
-              ctx: isObj(val) && isObj(val.ColumnRef) ? 'neutral' : 'conditions',
-            });
+            const bare = isObj(val) && isObj(val.ColumnRef) ? refOf(val.ColumnRef) : undefined;
+            if (bare) out.grouped!.push(bare);
+            stack.push({ v: val, ctx: bare ? 'neutral' : 'conditions' });
           }
         } else if ((key === 'sortClause' || key === 'distinctClause') && Array.isArray(child)) {
           for (const item of child as unknown[]) {
@@ -427,6 +429,18 @@ function collect(stmts: readonly unknown[], relations: ReadonlySet<string>): Lin
     }
   }
   return out;
+}
+
+/** A column reference as written (undefined for `*`). */
+function refOf(node: Obj): SourceRef | undefined {
+  const fields = Array.isArray(node.fields) ? node.fields : [];
+  if (fields.some((f) => isObj(f) && f.A_Star !== undefined)) return undefined;
+  const parts = fields
+    .map((f) => (isObj(f) && isObj(f.String) ? String(f.String.sval) : null))
+    .filter((n): n is string => n !== null);
+  const column = parts.at(-1);
+  if (column === undefined) return undefined;
+  return parts.length > 1 ? { qualifier: parts.at(-2)!, column } : { column };
 }
 
 function columnRef(
